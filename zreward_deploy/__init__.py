@@ -1,0 +1,1 @@
+"""zreward-deploy."""
