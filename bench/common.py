@@ -1,0 +1,128 @@
+"""Shared benchmark plumbing: the environment record, timing, and writing rows.
+
+Every benchmark writes one row per measurement with the hardware, library versions, git SHA, shapes and
+dtype (DESIGN.md §10) into JSON Lines and CSV, and a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def environment() -> dict[str, Any]:
+    """Hardware and versions, recorded beside every measurement."""
+    import torch
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "git_sha": _git_sha(),
+    }
+    try:
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+    for name in ("triton", "onnxruntime", "tensorrt"):
+        try:
+            module = __import__(name)
+            env[name] = getattr(module, "__version__", "unknown")
+        except Exception:  # not installed (or, for tensorrt, only the PyPI stub)
+            env[name] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    else:
+        env["gpu"] = None
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def time_cpu(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> list[float]:
+    """Wall-clock milliseconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CPU timing)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(times_ms)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    return {
+        "median_ms": statistics.median(ordered),
+        "p95_ms": pct(95),
+        "min_ms": ordered[0],
+        "repeats": len(ordered),
+    }
+
+
+def write_rows(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``rows`` as ``<name>.jsonl`` and ``<name>.csv`` under ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl, csv_path = out / f"{name}.jsonl", out / f"{name}.csv"
+    with jsonl.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in rows]
+    keys: list[str] = []
+    for row in flat:
+        keys += [k for k in row if k not in keys]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(flat)
+    return jsonl, csv_path
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], floatfmt: str = ".3g") -> str:
+    """A GitHub Markdown table of ``columns`` from ``rows``."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
