@@ -262,6 +262,8 @@ class ZRewardConfig(PretrainedConfig):
         rubric: list of ``{"name", "instruction", "weight"}`` (see :class:`Rubric`).
         templates: prompt templates (see ``DEFAULT_TEMPLATES``).
         max_prompt_tokens: longest prompt accepted (tokens, after the template); longer raises.
+        score_head_backend: ``"auto"`` (Triton kernel on CUDA, PyTorch reference elsewhere; the
+            ``ZREWARD_SCORE_HEAD`` environment variable may force either), ``"triton"`` or ``"torch"``.
     """
 
     model_type = "zreward_vlm"
@@ -281,6 +283,7 @@ class ZRewardConfig(PretrainedConfig):
         rubric: Sequence[Mapping[str, Any]] | None = None,
         templates: Mapping[str, str] | None = None,
         max_prompt_tokens: int = 256,
+        score_head_backend: str = "auto",
         **kwargs: Any,
     ):
         self.vision_config = _sub_config(vision_config, "siglip_vision_model")
@@ -310,6 +313,11 @@ class ZRewardConfig(PretrainedConfig):
             merged.update(templates)
         self.templates = merged
         self.max_prompt_tokens = int(max_prompt_tokens)
+        if score_head_backend not in ("auto", "triton", "torch"):
+            raise InvalidModelError(
+                "score_head_backend", f"must be 'auto', 'triton' or 'torch', got {score_head_backend!r}"
+            )
+        self.score_head_backend = score_head_backend
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 

@@ -1,0 +1,52 @@
+"""``zreward score``: score images against prompts with a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("score", help="score images against prompts", description=__doc__)
+    p.add_argument("--model", required=True, help="model directory (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--image", action="append", required=True, help="image file; repeat for several")
+    p.add_argument("--prompt", action="append", required=True, help="prompt; one for all images or one per image")
+    p.add_argument("--dimensions", default=None, help="comma-separated rubric dimensions (default: all)")
+    p.add_argument("--backend", default="torch", help="runtime backend (default: torch)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=32, help="micro-batch size (default: 32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..scoring import load_scorer
+
+    scorer = load_scorer(args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
+    dims = args.dimensions.split(",") if args.dimensions else None
+    prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
+    result = scorer.score(args.image, prompts, dimensions=dims, errors="collect")
+    records = result.to_records()
+    for rec in records:
+        rec["image"] = args.image[rec["index"]]
+        rec["prompt"] = args.prompt[rec["index"]] if len(args.prompt) > 1 else args.prompt[0]
+    if args.json:
+        print(json.dumps({"values": result.values, "dimensions": result.dimensions, "items": records}, indent=2))
+    else:
+        print(format_records(records, result.values))
+    return 1 if result.errors else 0
+
+
+def format_records(records: list[dict], values: list[float]) -> str:
+    """Human-readable table: per item, per dimension, mean ± std and the distribution as bars."""
+    lines = []
+    for rec in records:
+        lines.append(f"{rec['image']}  prompt: {rec['prompt']!r}")
+        if "error" in rec:
+            lines.append(f"  error: {rec['error']}")
+            continue
+        lines.append(f"  reward {rec['reward']:.3f}")
+        for name, d in rec["dimensions"].items():
+            bars = "  ".join(f"{k}:{'#' * round(p * 20):<20s}{p:5.2f}" for k, p in d["probs"].items())
+            lines.append(f"  {name:<13s} {d['mean']:.3f} ± {d['std']:.3f}   {bars}")
+    return "\n".join(lines)

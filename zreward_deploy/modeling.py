@@ -1,0 +1,342 @@
+"""The Z-Reward vision-language model: vision tower -> projector -> causal LM -> score head.
+
+Layout (DESIGN.md §3) is static so that it exports: ``[image tokens][text tokens]``, image features
+concatenated in front of the text embeddings, no data-dependent scatter and no Python branching on values.
+
+Two ways to read scores:
+
+* :meth:`ZRewardModel.forward` (student, all dimensions in one pass): the text is
+  ``[prompt (right-padded)][suffix_1]...[suffix_D]``. A 4-D attention mask lets every suffix see the
+  valid image+prompt prefix and itself only, and position ids restart after each row's own prefix, so
+  each suffix is computed exactly as in its own sequence ``[image][prompt][suffix_d]`` while the prefix is
+  computed once. Answer positions are the last token of each suffix: static indices, never negative.
+* :meth:`ZRewardModel.score_sequences` (one dimension per sequence, the teacher's read-out after its
+  reasoning): ordinary causal attention over right-padded sequences; the answer position of each row is
+  taken from its attention mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .config import ZRewardConfig
+from .errors import InvalidModelError
+from .kernels.score_head import ScoreHeadOutput, score_head
+
+SUPPORTED_TEXT_MODELS = ("qwen2", "qwen3", "llama")
+SUPPORTED_VISION_MODELS = ("siglip_vision_model", "clip_vision_model")
+
+
+@dataclass
+class ZRewardOutput(ModelOutput):
+    """Score distributions for ``B`` items and ``D`` dimensions over ``K`` score values (all fp32).
+
+    probs: ``[B, D, K]``; mean, var, std: ``[B, D]``; logprobs: ``[B, D, K]`` when requested.
+    """
+
+    probs: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    var: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
+
+
+class ZRewardProjector(nn.Module):
+    """Two-layer MLP from vision width to LM width (LLaVA-style)."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, act: str):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden, text_hidden)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class ScoreHead(nn.Module):
+    """Q-Align read-out restricted to the K score tokens (DESIGN.md §3).
+
+    Reads only rows ``score_token_ids`` of ``lm_head``; never computes the full-vocabulary projection.
+    Owns no parameters: the weights are the LM's own ``lm_head`` rows, so training the head trains them.
+    """
+
+    def __init__(self, config: ZRewardConfig):
+        super().__init__()
+        if config.score_token_ids is None:
+            raise InvalidModelError(
+                "score_token_ids", "are not set; build the config with the tokenizer (see presets.build_model)"
+            )
+        self.register_buffer("score_ids", torch.tensor(config.score_token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("values", config.get_score_scale().values_tensor(), persistent=False)
+        self.temperature = config.score_temperature
+        self.backend = config.score_head_backend
+
+    def forward(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor, return_logprobs: bool = False) -> ScoreHeadOutput:
+        """``hidden [N, H]``, ``lm_head_weight [V, H]`` -> :class:`ScoreHeadOutput` (``probs [N, K]`` ...)."""
+        kwargs = {} if self.backend == "auto" else {"backend": self.backend}
+        return score_head(
+            hidden, lm_head_weight, self.values, self.temperature, score_ids=self.score_ids,
+            return_logprobs=return_logprobs, **kwargs,
+        )
+
+
+class ZRewardPreTrainedModel(PreTrainedModel):
+    config_class = ZRewardConfig
+    base_model_prefix = "zreward"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["ZRewardProjector"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, ZRewardProjector):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for linear in (module.linear_1, module.linear_2):
+                nn.init.normal_(linear.weight, std=std)
+                nn.init.zeros_(linear.bias)
+
+
+class ZRewardModel(ZRewardPreTrainedModel):
+    """Score-distribution reward model (teacher or student: same class, different size and template)."""
+
+    def __init__(self, config: ZRewardConfig):
+        super().__init__(config)
+        if config.text_config.model_type not in SUPPORTED_TEXT_MODELS:
+            raise InvalidModelError(
+                "text_config", f"model_type {config.text_config.model_type!r} is not one of {SUPPORTED_TEXT_MODELS}"
+            )
+        if config.vision_config.model_type not in SUPPORTED_VISION_MODELS:
+            raise InvalidModelError(
+                "vision_config", f"model_type {config.vision_config.model_type!r} is not one of {SUPPORTED_VISION_MODELS}"
+            )
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.projector = ZRewardProjector(
+            config.vision_config.hidden_size, config.text_config.hidden_size, config.projector_hidden_act
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.score_head = ScoreHead(config)
+        self.post_init()
+
+    # -- HF plumbing ----------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> ZRewardModel:
+        """Load from a local directory of safetensors weights; pickle checkpoints are refused.
+
+        Missing or mis-shaped weights and a config of another model type raise
+        :class:`~zreward_deploy.errors.InvalidModelError` naming the directory.
+        """
+        directory = Path(pretrained_model_name_or_path)
+        check_model_dir(directory)
+        kwargs.setdefault("use_safetensors", True)
+        kwargs.setdefault("local_files_only", True)
+        try:
+            model, info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise InvalidModelError(str(directory), f"cannot load the model: {exc}") from None
+        missing = [k for k in info["missing_keys"] if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings]
+        if missing or info.get("mismatched_keys"):
+            raise InvalidModelError(
+                str(directory),
+                f"weights do not match the config (missing {missing[:5]}, mismatched {info.get('mismatched_keys', [])[:5]})",
+            )
+        return model
+
+    # -- building blocks ------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, S, S]`` -> image token embeddings ``[B, P, H_text]``."""
+        dtype = next(self.vision_tower.parameters()).dtype
+        features = self.vision_tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        if self.config.vision_feature_select == "patch":
+            features = features[:, 1:]
+        return self.projector(features)
+
+    def _embed(self, image_embeds: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        text_embeds = self.get_input_embeddings()(text_ids)
+        return torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=1)
+
+    def _read_scores(self, hidden: torch.Tensor, return_logprobs: bool) -> ZRewardOutput:
+        """``hidden [B, D, H]`` at the answer positions -> :class:`ZRewardOutput` with ``[B, D, ...]``."""
+        b, d, h = hidden.shape
+        out = self.score_head(hidden.reshape(b * d, h), self.get_output_embeddings().weight, return_logprobs)
+        k = out.probs.shape[-1]
+        return ZRewardOutput(
+            probs=out.probs.view(b, d, k),
+            mean=out.mean.view(b, d),
+            var=out.var.view(b, d),
+            std=out.var.clamp_min(0).sqrt().view(b, d),
+            logprobs=out.logprobs.view(b, d, k) if out.logprobs is not None else None,
+        )
+
+    # -- all dimensions in one pass -------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        suffix_ids: Sequence[torch.Tensor],
+        return_logprobs: bool = False,
+    ) -> ZRewardOutput:
+        """Score D dimensions in one pass.
+
+        Args:
+            pixel_values: ``[B, 3, S_img, S_img]`` preprocessed images.
+            input_ids: ``[B, S]`` prompt part, right-padded.
+            attention_mask: ``[B, S]`` 1 on prompt tokens, 0 on padding.
+            suffix_ids: D one-dimensional id tensors, one per dimension, each ending at its answer position.
+            return_logprobs: also return ``log q`` (for losses).
+
+        Returns:
+            :class:`ZRewardOutput` with ``probs [B, D, K]``, ``mean/var/std [B, D]``.
+        """
+        if len(suffix_ids) == 0:
+            raise InvalidModelError("suffix_ids", "need at least one dimension suffix")
+        batch, prompt_len = input_ids.shape
+        device = input_ids.device
+        lengths = [int(s.numel()) for s in suffix_ids]  # static: fixed by the rubric, not by the data
+        suffix = torch.cat([s.to(device) for s in suffix_ids])
+        image_embeds = self.encode_images(pixel_values)
+        num_image = image_embeds.shape[1]
+        text_ids = torch.cat([input_ids, suffix.unsqueeze(0).expand(batch, -1)], dim=1)
+        embeds = self._embed(image_embeds, text_ids)
+
+        mask, position_ids = multi_suffix_mask(attention_mask, num_image, lengths, embeds.dtype)
+        hidden = self.decoder(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        ends = torch.tensor(lengths, device=device).cumsum(0) + (num_image + prompt_len - 1)
+        return self._read_scores(hidden.index_select(1, ends), return_logprobs)
+
+    # -- one dimension per sequence (plain causal) -----------------------------------------------------
+    def decoder_hidden(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Hidden states ``[B, P + S, H]`` of ``[image][text]`` with plain causal attention.
+
+        ``input_ids [B, S]`` right-padded with ``attention_mask [B, S]``.
+        """
+        image_embeds = self.encode_images(pixel_values)
+        embeds = self._embed(image_embeds, input_ids)
+        ones = attention_mask.new_ones(attention_mask.shape[0], image_embeds.shape[1])
+        full_mask = torch.cat([ones, attention_mask], dim=1)
+        return self.decoder(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).last_hidden_state
+
+    def score_sequences(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_logprobs: bool = False,
+        hidden: torch.Tensor | None = None,
+    ) -> ZRewardOutput:
+        """Score each right-padded sequence at its last valid token -> ``probs [B, 1, K]`` etc.
+
+        ``hidden`` may be passed when the caller already ran :meth:`decoder_hidden` (teacher forcing).
+        """
+        if hidden is None:
+            hidden = self.decoder_hidden(pixel_values, input_ids, attention_mask)
+        num_image = hidden.shape[1] - input_ids.shape[1]
+        answer = attention_mask.long().sum(1) - 1 + num_image  # >= num_image - 1 >= 0 by construction
+        picked = hidden.gather(1, answer.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))
+        return self._read_scores(picked, return_logprobs)
+
+
+def multi_suffix_mask(
+    attention_mask: torch.Tensor, num_image: int, suffix_lengths: Sequence[int], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-D additive mask and position ids for ``[image][prompt (padded)][suffix_1]...[suffix_D]``.
+
+    Args:
+        attention_mask: ``[B, S]`` prompt mask (right padding).
+        num_image: P, the number of image tokens.
+        suffix_lengths: the D suffix lengths.
+        dtype: dtype of the additive mask (the embeddings' dtype).
+
+    Returns:
+        ``mask [B, 1, L, L]`` (0 where attention is allowed, the dtype's minimum elsewhere) and
+        ``position_ids [B, L]`` with ``L = P + S + sum(suffix_lengths)``.
+
+    A query may attend to key k iff k is not after it, k is not padding, and k is in the shared prefix or
+    in the query's own suffix. Every query sees at least the image tokens, so no row is fully masked.
+    """
+    batch, prompt_len = attention_mask.shape
+    device = attention_mask.device
+    prefix = num_image + prompt_len
+    lengths = torch.tensor(list(suffix_lengths), device=device)
+    total = prefix + int(sum(suffix_lengths))
+    segment = torch.cat(
+        [torch.zeros(prefix, dtype=torch.long, device=device),
+         torch.repeat_interleave(torch.arange(1, len(suffix_lengths) + 1, device=device), lengths)]
+    )
+    idx = torch.arange(total, device=device)
+    causal = idx.view(1, -1) <= idx.view(-1, 1)  # [L_q, L_k]
+    visible = (segment.view(1, -1) == 0) | (segment.view(1, -1) == segment.view(-1, 1))
+    key_valid = torch.cat(
+        [attention_mask.new_ones(batch, num_image), attention_mask, attention_mask.new_ones(batch, total - prefix)],
+        dim=1,
+    ).bool()
+    allowed = (causal & visible).unsqueeze(0) & key_valid.unsqueeze(1)  # [B, L_q, L_k]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    valid_prompt = attention_mask.long().sum(1, keepdim=True)  # [B, 1]
+    offsets = torch.arange(total - prefix, device=device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    position_ids = torch.cat(
+        [idx[:prefix].unsqueeze(0).expand(batch, -1), num_image + valid_prompt + offsets.unsqueeze(0)], dim=1
+    )
+    return mask.unsqueeze(1), position_ids
+
+
+def check_model_dir(directory: Path) -> None:
+    """Refuse directories that are not zreward models or that only carry pickle weights."""
+    if not directory.is_dir():
+        raise InvalidModelError(str(directory), "is not a directory")
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        raise InvalidModelError(str(directory), "has no config.json")
+    import json
+
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise InvalidModelError(str(config_file), f"is not valid JSON ({exc})") from None
+    if model_type != ZRewardConfig.model_type:
+        raise InvalidModelError(
+            str(directory), f"config.json is for model_type {model_type!r}, not {ZRewardConfig.model_type!r}"
+        )
+    has_safetensors = any(directory.glob("*.safetensors"))
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if not has_safetensors:
+        if pickles:
+            raise InvalidModelError(
+                str(directory),
+                f"only pickle checkpoints found ({', '.join(pickles)}); they can run arbitrary code when "
+                "loaded and are refused. Convert them to safetensors (model.save_pretrained) first.",
+            )
+        raise InvalidModelError(str(directory), "has no *.safetensors weights")

@@ -1,0 +1,260 @@
+"""The scoring API: ``Scorer.score(images, prompts) -> ScoreResult`` (DESIGN.md §8).
+
+Every runtime (torch here; ONNX Runtime and TensorRT in ``zreward_deploy.export``) implements the same
+interface, so evaluation, benchmarks and serving take any of them (:func:`load_scorer`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .config import ZRewardConfig
+from .errors import ZRewardInputError
+from .modeling import ZRewardModel
+from .processing import ImageInput, ZRewardProcessor
+
+ErrorMode = Literal["raise", "collect"]
+
+
+@dataclass
+class ScoreResult:
+    """Scores of B items on D dimensions over K score values.
+
+    Attributes:
+        probs: ``[B, D, K]`` score distributions q(s | p, I, d) (fp32).
+        mean: ``[B, D]`` expectations mu_d = sum_s s q(s) (the per-dimension rewards).
+        std: ``[B, D]`` standard deviations of q.
+        reward: ``[B]`` scalar reward R = sum_d w_d mu_d with the rubric weights normalised over D.
+        dimensions: names of the D axis, in order.
+        values: the K score values.
+        errors: item index -> the error that item raised (``errors="collect"``); those rows are NaN.
+    """
+
+    probs: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    reward: torch.Tensor
+    dimensions: list[str]
+    values: list[float]
+    errors: dict[int, ZRewardInputError] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """``[B]`` bool: True where the item was scored."""
+        ok = torch.ones(len(self), dtype=torch.bool)
+        if self.errors:
+            ok[list(self.errors)] = False
+        return ok
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-friendly dict per item: reward, per-dimension mean/std/probs, or the error."""
+        records = []
+        probs, mean, std, reward = (t.detach().float().cpu() for t in (self.probs, self.mean, self.std, self.reward))
+        for i in range(len(self)):
+            if i in self.errors:
+                records.append({"index": i, "error": str(self.errors[i])})
+                continue
+            dims = {
+                name: {
+                    "mean": float(mean[i, d]),
+                    "std": float(std[i, d]),
+                    "probs": {_fmt(v): float(probs[i, d, k]) for k, v in enumerate(self.values)},
+                }
+                for d, name in enumerate(self.dimensions)
+            }
+            records.append({"index": i, "reward": float(reward[i]), "dimensions": dims})
+        return records
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+class Scorer:
+    """Scores (image, prompt) pairs with a :class:`ZRewardModel` in PyTorch (the ``torch`` backend).
+
+    Args:
+        model: the reward model.
+        processor: its processor (tokenizer + templates + image preprocessing).
+        device: where to run (default: the model's device).
+        dtype: cast the model to this dtype (default: keep). Probabilities are fp32 regardless.
+        max_batch_size: micro-batch size; calls with more items are split.
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: ZRewardModel,
+        processor: ZRewardProcessor,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 32,
+    ):
+        if max_batch_size < 1:
+            raise ZRewardInputError("max_batch_size", f"must be >= 1, got {max_batch_size}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.processor = processor
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
+        """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
+        dtype = kwargs.get("dtype")
+        model = ZRewardModel.from_pretrained(model_dir, torch_dtype=dtype) if dtype else ZRewardModel.from_pretrained(model_dir)
+        processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def config(self) -> ZRewardConfig:
+        return self.model.config
+
+    # -- file / PIL / numpy / tensor images, no gradients ---------------------------------------------
+    def score(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[str] | str,
+        dimensions: Sequence[str] | str | None = None,
+        errors: ErrorMode = "raise",
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreResult:
+        """Score each image against its prompt on the chosen dimensions (all by default).
+
+        Args:
+            images: B images: file paths, PIL images, numpy ``HxWxC`` arrays or torch ``CxHxW`` tensors.
+            prompts: B prompts, or one prompt for all images.
+            dimensions: rubric dimension names (default: all, in rubric order).
+            errors: ``"raise"`` stops at the first bad item; ``"collect"`` scores the valid items, puts NaN
+                in the rows of bad ones and records their errors in ``ScoreResult.errors``.
+            progress: called with the number of items finished after each micro-batch (progress bars).
+
+        Returns:
+            :class:`ScoreResult` with ``probs [B, D, K]``, ``mean``/``std`` ``[B, D]``, ``reward [B]``.
+        """
+        if errors not in ("raise", "collect"):
+            raise ZRewardInputError("errors", f"must be 'raise' or 'collect', got {errors!r}")
+        prompts = _broadcast_prompts(prompts, len(images))
+        names = [d.name for d in self.config.get_rubric().select(dimensions)]
+        failures: dict[int, ZRewardInputError] = {}
+        prompt_ids: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            try:
+                prompt_ids[i] = self.processor.prompt_ids(prompt, item=i)
+            except ZRewardInputError as exc:
+                if errors == "raise":
+                    raise
+                failures[i] = exc
+
+        k = self.config.get_score_scale().num_scores
+        probs = torch.full((len(images), len(names), k), math.nan)
+        mean = torch.full((len(images), len(names)), math.nan)
+        std = torch.full_like(mean, math.nan)
+        suffixes = self.processor.suffix_ids(names)
+        for chunk in self._chunks(prompt_ids):
+            tensors, kept = [], []
+            for i in chunk:  # decode lazily, one micro-batch at a time, so memory stays bounded
+                try:
+                    tensors.append(self.processor.image_tensor(images[i], item=i))
+                    kept.append(i)
+                except ZRewardInputError as exc:
+                    if errors == "raise":
+                        raise
+                    failures[i] = exc
+            if kept:
+                out = self._run(self.processor.pixel_values(tensors), [prompt_ids[i] for i in kept], suffixes)
+                index = torch.tensor(kept)
+                probs[index], mean[index], std[index] = out.probs.cpu(), out.mean.cpu(), out.std.cpu()
+            if progress is not None:
+                progress(len(chunk))
+        if progress is not None and failures:
+            progress(sum(1 for i in failures if i not in prompt_ids))
+        return self._result(probs, mean, std, names, dict(sorted(failures.items())))
+
+    def _chunks(self, prompt_ids: dict[int, list[int]]) -> Iterator[list[int]]:
+        # Longest prompts first: micro-batches of similar lengths waste little compute on padding.
+        order = sorted(prompt_ids, key=lambda i: -len(prompt_ids[i]))
+        for start in range(0, len(order), self.max_batch_size):
+            yield order[start : start + self.max_batch_size]
+
+    @torch.no_grad()
+    def _run(self, pixel_values: torch.Tensor, ids: list[list[int]], suffixes: list[torch.Tensor]):
+        input_ids, attention_mask = self.processor.pad(ids)
+        return self.model(
+            pixel_values.to(self.device), input_ids.to(self.device), attention_mask.to(self.device),
+            [s.to(self.device) for s in suffixes],
+        )
+
+    def _result(
+        self, probs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, names: list[str],
+        failures: dict[int, ZRewardInputError],
+    ) -> ScoreResult:
+        weights = self.config.get_rubric().weights(names).to(mean.device)
+        return ScoreResult(
+            probs=probs, mean=mean, std=std, reward=mean @ weights, dimensions=names,
+            values=list(self.config.get_score_scale().values), errors=failures,
+        )
+
+    # -- the differentiable tensor path ----------------------------------------------------------------
+    def score_tensor(
+        self,
+        images: torch.Tensor,
+        prompts: Sequence[str] | str,
+        dimensions: Sequence[str] | str | None = None,
+    ) -> ScoreResult:
+        """Score a batch of images already on the device, keeping the autograd graph.
+
+        Args:
+            images: ``[B, 3, H, W]`` float in [0, 1] (e.g. a generator's decoded output), any H, W.
+            prompts: B prompts, or one prompt for all images.
+            dimensions: rubric dimension names (default: all).
+
+        Returns:
+            :class:`ScoreResult` on the images' device; ``reward`` is differentiable w.r.t. ``images``
+            (ReFL / DRaFT-style generator training). No micro-batching: the caller sizes the batch.
+        """
+        prompts = _broadcast_prompts(prompts, images.shape[0])
+        names = [d.name for d in self.config.get_rubric().select(dimensions)]
+        pixel_values = self.processor.preprocess_tensor(images)
+        input_ids, attention_mask = self.processor.pad([self.processor.prompt_ids(p, item=i) for i, p in enumerate(prompts)])
+        out = self.model(
+            pixel_values.to(self.device), input_ids.to(self.device), attention_mask.to(self.device),
+            [s.to(self.device) for s in self.processor.suffix_ids(names)],
+        )
+        return self._result(out.probs, out.mean, out.std, names, {})
+
+
+def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
+    if isinstance(prompts, str):
+        return [prompts] * n
+    prompts = list(prompts)
+    if len(prompts) == 1 and n > 1:
+        return prompts * n
+    if len(prompts) != n:
+        raise ZRewardInputError("prompts", f"got {len(prompts)} prompts for {n} images; give one per image or one for all")
+    return prompts
+
+
+BACKENDS: dict[str, str] = {"torch": "zreward_deploy.scoring:Scorer"}
+
+
+def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: Any) -> Scorer:
+    """Load a scorer for ``model_dir`` with the named backend (``torch``; exported runtimes add theirs).
+
+    Keyword arguments go to the backend's ``from_pretrained`` (``device``, ``dtype``, ``max_batch_size``).
+    """
+    if backend not in BACKENDS:
+        raise ZRewardInputError(backend, f"unknown backend; available: {sorted(BACKENDS)}")
+    import importlib
+
+    module_name, cls_name = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module_name), cls_name).from_pretrained(model_dir, **kwargs)
