@@ -29,3 +29,27 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared tiny models. Session-scoped: building one takes ~1 s, and tests must not mutate them (tests
+# that train or edit weights build their own with `build_preset`).
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``(model, processor)`` of the tiny preset (Qwen2 text, SigLIP vision), eval mode, seed 0."""
+    from zreward_deploy.presets import build_preset
+
+    return build_preset("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny, tmp_path_factory):
+    """A saved model directory of the tiny preset (config.json, model.safetensors, tokenizer)."""
+    model, processor = tiny
+    path = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -134,7 +134,8 @@ class Scorer:
             images: B images: file paths, PIL images, numpy ``HxWxC`` arrays or torch ``CxHxW`` tensors.
             prompts: B prompts, or one prompt for all images.
             dimensions: rubric dimension names (default: all, in rubric order).
-            errors: ``"raise"`` stops at the first bad item; ``"collect"`` scores the valid items, puts NaN
+            errors: ``"raise"`` stops at the first bad item found (prompts are checked before any image is
+                decoded); ``"collect"`` scores the valid items, puts NaN
                 in the rows of bad ones and records their errors in ``ScoreResult.errors``.
             progress: called with the number of items finished after each micro-batch (progress bars).
 
