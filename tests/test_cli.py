@@ -41,9 +41,22 @@ def test_demo(tmp_path, capsys):
 
 
 def test_score_json(tiny_dir, image_files, capsys):
-    code = main(["score", "--model", str(tiny_dir), "--image", str(image_files / "a.png"),
-                 "--image", str(image_files / "b.png"), "--prompt", "two red cubes", "--json",
-                 "--dimensions", "realism,alignment"])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tiny_dir),
+            "--image",
+            str(image_files / "a.png"),
+            "--image",
+            str(image_files / "b.png"),
+            "--prompt",
+            "two red cubes",
+            "--json",
+            "--dimensions",
+            "realism,alignment",
+        ]
+    )
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["dimensions"] == ["realism", "alignment"] and len(data["items"]) == 2
@@ -52,8 +65,21 @@ def test_score_json(tiny_dir, image_files, capsys):
 
 
 def test_score_table_reports_bad_items_and_keeps_good_ones(tiny_dir, image_files, capsys):
-    code = main(["score", "--model", str(tiny_dir), "--image", str(image_files / "a.png"),
-                 "--image", str(image_files / "broken.png"), "--prompt", "a star", "--prompt", "a cube"])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tiny_dir),
+            "--image",
+            str(image_files / "a.png"),
+            "--image",
+            str(image_files / "broken.png"),
+            "--prompt",
+            "a star",
+            "--prompt",
+            "a cube",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "reward" in out and "realism" in out
@@ -61,14 +87,28 @@ def test_score_table_reports_bad_items_and_keeps_good_ones(tiny_dir, image_files
 
 
 def test_score_unknown_dimension_is_a_clean_error(tiny_dir, image_files, capsys):
-    code = main(["score", "--model", str(tiny_dir), "--image", str(image_files / "a.png"), "--prompt", "x",
-                 "--dimensions", "sharpness"])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tiny_dir),
+            "--image",
+            str(image_files / "a.png"),
+            "--prompt",
+            "x",
+            "--dimensions",
+            "sharpness",
+        ]
+    )
     assert code == 2
     assert "sharpness" in capsys.readouterr().err
 
 
 def test_model_create_and_info(tmp_path, capsys):
-    assert main(["model", "create", "--preset", "tiny", "--text-model", "llama", "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(["model", "create", "--preset", "tiny", "--text-model", "llama", "--out", str(tmp_path / "m")])
+        == 0
+    )
     assert main(["model", "info", str(tmp_path / "m")]) == 0
     info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert info["text"] == "llama" and info["image_tokens"] == 16
@@ -80,13 +120,42 @@ def test_model_compose(tmp_path, capsys):
     from zreward_deploy.tokenization import build_tokenizer
 
     tok = build_tokenizer()
-    SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path / "v")
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "l")
+    SiglipVisionModel(
+        SiglipVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    ).save_pretrained(tmp_path / "v")
+    Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path / "l")
     tok.save_pretrained(tmp_path / "l")
-    assert main(["model", "compose", "--vision", str(tmp_path / "v"), "--language", str(tmp_path / "l"),
-                 "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "compose",
+                "--vision",
+                str(tmp_path / "v"),
+                "--language",
+                str(tmp_path / "l"),
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "m" / "model.safetensors").exists()
 
 

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from zreward_deploy.config import HALF_POINT_SCALE, Dimension, Rubric, ScoreScale, ZRewardConfig, fill_template
+from zreward_deploy.config import (
+    HALF_POINT_SCALE,
+    Dimension,
+    Rubric,
+    ScoreScale,
+    ZRewardConfig,
+    fill_template,
+)
 from zreward_deploy.errors import InvalidModelError, UnknownDimensionError, ZRewardInputError
 from zreward_deploy.tokenization import build_tokenizer
 

@@ -29,16 +29,22 @@ def stopping_teacher():
 def test_shapes_probs_and_determinism(tiny):
     model, processor = tiny
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    out = generate_reasoning(model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=1)
+    out = generate_reasoning(
+        model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=1
+    )
     assert out.reasoning_ids.shape == (6, 8) and out.logprobs.shape == (6, 8)
     assert out.probs.shape == (6, 5) and out.mean.shape == (6,)
     torch.testing.assert_close(out.probs.sum(-1), torch.ones(6))
     assert out.item_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert (out.logprobs <= 0).all() and len(out.texts) == 6
-    again = generate_reasoning(model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=1)
+    again = generate_reasoning(
+        model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=1
+    )
     assert torch.equal(out.reasoning_ids, again.reasoning_ids)
     torch.testing.assert_close(out.probs, again.probs)
-    other = generate_reasoning(model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=2)
+    other = generate_reasoning(
+        model, processor, images, PROMPTS, "realism", num_samples=2, max_new_tokens=8, seed=2
+    )
     assert not torch.equal(out.reasoning_ids, other.reasoning_ids)
 
 
@@ -55,7 +61,9 @@ def test_seed_leaves_global_rng_alone(tiny):
 def test_logprobs_equal_teacher_forced_forward(stopping_teacher):
     model, processor = stopping_teacher
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out = generate_reasoning(model, processor, images, PROMPTS, "alignment", num_samples=3, max_new_tokens=16, seed=0)
+    out = generate_reasoning(
+        model, processor, images, PROMPTS, "alignment", num_samples=3, max_new_tokens=16, seed=0
+    )
     lengths = out.reasoning_mask.sum(1)
     # the raised stop logit gives ragged traces: some stopped early, some were cut
     assert out.finished.any() and lengths.min() < lengths.max()
@@ -68,8 +76,15 @@ def test_logprobs_equal_teacher_forced_forward(stopping_teacher):
         assert (out.logprobs[i, n:] == 0).all()
     pixel_values = processor.preprocess_tensor(images).repeat_interleave(3, 0)
     with torch.no_grad():
-        logprobs, scores = teacher_forward(model, processor, pixel_values, out.prompt_ids, out.reasoning_ids,
-                                           out.reasoning_mask, out.finished)
+        logprobs, scores = teacher_forward(
+            model,
+            processor,
+            pixel_values,
+            out.prompt_ids,
+            out.reasoning_ids,
+            out.reasoning_mask,
+            out.finished,
+        )
     torch.testing.assert_close(logprobs, out.logprobs, atol=2e-5, rtol=0)
     torch.testing.assert_close(scores.probs, out.scores.probs, atol=1e-6, rtol=0)
 
@@ -78,8 +93,15 @@ def test_teacher_forward_gradients(tiny):
     model, processor = build_preset("tiny", seed=5)
     images = torch.rand(2, 3, 32, 32)
     out = generate_reasoning(model, processor, images, PROMPTS[:2], "realism", max_new_tokens=5, seed=0)
-    logprobs, scores = teacher_forward(model, processor, processor.preprocess_tensor(images), out.prompt_ids,
-                                       out.reasoning_ids, out.reasoning_mask, out.finished)
+    logprobs, scores = teacher_forward(
+        model,
+        processor,
+        processor.preprocess_tensor(images),
+        out.prompt_ids,
+        out.reasoning_ids,
+        out.reasoning_mask,
+        out.finished,
+    )
     (logprobs.sum() + scores.mean.sum()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
@@ -90,7 +112,7 @@ def test_unfinished_traces_get_think_end_before_answer(tiny):
 
     _, processor = tiny
     think_end, answer = processor.think_end_ids(), processor.teacher_answer_ids()
-    ids, mask, start = teacher_sequences(processor, [[1, 2], [3]], [[7, 8], [9] + think_end], [False, True])
+    ids, mask, start = teacher_sequences(processor, [[1, 2], [3]], [[7, 8], [9, *think_end]], [False, True])
     row0 = ids[0, : int(mask[0].sum())].tolist()
     row1 = ids[1, : int(mask[1].sum())].tolist()
     assert row0 == [1, 2, 7, 8, *think_end, *answer]

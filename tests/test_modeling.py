@@ -18,8 +18,9 @@ PROMPTS = [
 def _sharp(text_model_type, vision="siglip"):
     # A low score temperature makes the random model's distributions peaked, so that a mistake in the
     # mask or the positions shows up as a large difference in probs (not hidden in near-uniform rows).
-    return build_preset("tiny", text_model_type=text_model_type, vision_model_type=vision, seed=1,
-                        score_temperature=0.1)
+    return build_preset(
+        "tiny", text_model_type=text_model_type, vision_model_type=vision, seed=1, score_temperature=0.1
+    )
 
 
 def _separate_passes(model, processor, pixel_values, prompts, suffixes):
@@ -38,7 +39,9 @@ def test_one_pass_equals_separate_passes(text_model_type, batch):
     prompts = PROMPTS[:batch]  # ragged lengths: right padding inside the batch for batch > 1
     dims = model.config.get_rubric().names
     suffixes = processor.suffix_ids(dims)
-    pixel_values = processor.preprocess_tensor(torch.rand(batch, 3, 37, 45, generator=torch.Generator().manual_seed(batch)))
+    pixel_values = processor.preprocess_tensor(
+        torch.rand(batch, 3, 37, 45, generator=torch.Generator().manual_seed(batch))
+    )
     ids, mask = processor.encode_prompts(prompts)
     with torch.no_grad():
         one = model(pixel_values, ids, mask, suffixes)
@@ -75,7 +78,8 @@ def _suffixes_see_each_other(real):
         causal = torch.ones(total, total, dtype=torch.bool).tril()
         prefix = num_image + attention_mask.shape[1]
         m[:, :, prefix:, prefix:] = torch.zeros_like(m[:, :, prefix:, prefix:]).masked_fill(
-            ~causal[prefix:, prefix:], torch.finfo(dtype).min)
+            ~causal[prefix:, prefix:], torch.finfo(dtype).min
+        )
         return m, pos
 
     return layout
@@ -123,8 +127,12 @@ def test_batch_items_do_not_interact(tiny):
     ids, mask = processor.encode_prompts(PROMPTS[:3])
     with torch.no_grad():
         together = model(pixel_values, ids, mask, suffixes).probs
-        alone = torch.cat([model(pixel_values[i : i + 1], *processor.encode_prompts([p]), suffixes).probs
-                           for i, p in enumerate(PROMPTS[:3])])
+        alone = torch.cat(
+            [
+                model(pixel_values[i : i + 1], *processor.encode_prompts([p]), suffixes).probs
+                for i, p in enumerate(PROMPTS[:3])
+            ]
+        )
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
 
 
@@ -178,6 +186,8 @@ def test_gradients_reach_the_pixels(tiny):
     model, processor = tiny
     images = torch.rand(2, 3, 40, 40, requires_grad=True)
     ids, mask = processor.encode_prompts(PROMPTS[:2])
-    out = model(processor.preprocess_tensor(images), ids, mask, processor.suffix_ids(["realism", "alignment"]))
+    out = model(
+        processor.preprocess_tensor(images), ids, mask, processor.suffix_ids(["realism", "alignment"])
+    )
     out.mean.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0

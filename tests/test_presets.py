@@ -26,7 +26,11 @@ from zreward_deploy.tokenization import build_tokenizer
 
 def _inputs(processor, n=2):
     ids, mask = processor.encode_prompts(["two red cubes", "a star on a table"][:n])
-    return processor.preprocess_tensor(torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))), ids, mask
+    return (
+        processor.preprocess_tensor(torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))),
+        ids,
+        mask,
+    )
 
 
 @pytest.mark.parametrize("text_model_type", ["qwen2", "qwen3", "llama"])
@@ -41,7 +45,9 @@ def test_save_load_round_trip(text_model_type, tmp_path):
     pv, ids, mask = _inputs(processor)
     suffixes = processor.suffix_ids(["realism", "alignment"])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pv, ids, mask, suffixes).probs, model(pv, ids, mask, suffixes).probs)
+        torch.testing.assert_close(
+            loaded(pv, ids, mask, suffixes).probs, model(pv, ids, mask, suffixes).probs
+        )
     assert loaded.config.text_config.model_type == text_model_type
     assert loaded_processor.score_token_ids == processor.score_token_ids
 
@@ -58,7 +64,11 @@ def test_presets_are_a_function_of_the_seed():
 def test_bench_small_sizes():
     model, processor = build_preset("bench-small")
     c = model.config
-    assert c.num_image_tokens == 196 and c.text_config.hidden_size == 512 and c.text_config.num_hidden_layers == 8
+    assert (
+        c.num_image_tokens == 196
+        and c.text_config.hidden_size == 512
+        and c.text_config.num_hidden_layers == 8
+    )
     pv = processor.preprocess_tensor(torch.rand(1, 3, 64, 64))
     ids, mask = processor.encode_prompts(["a star"])
     with torch.no_grad():
@@ -78,18 +88,43 @@ def components(tmp_path_factory):
     """Tiny SigLIP (vision-only and dual-encoder), CLIP vision and tied-embedding Qwen2 checkpoints."""
     root = tmp_path_factory.mktemp("components")
     tokenizer = build_tokenizer()
-    vision_kw = {"image_size": 32, "patch_size": 8, "hidden_size": 24, "intermediate_size": 48,
-                 "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision_kw = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 24,
+        "intermediate_size": 48,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
     torch.manual_seed(0)
     SiglipVisionModel(SiglipVisionConfig(**vision_kw)).save_pretrained(root / "siglip_vision")
     (root / "siglip_vision" / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.4]}))
-    SiglipModel(SiglipConfig(vision_config=vision_kw, text_config={"hidden_size": 24, "intermediate_size": 48,
-                "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 100})).save_pretrained(root / "siglip_full")
+        json.dumps({"image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.3, 0.4]})
+    )
+    SiglipModel(
+        SiglipConfig(
+            vision_config=vision_kw,
+            text_config={
+                "hidden_size": 24,
+                "intermediate_size": 48,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "vocab_size": 100,
+            },
+        )
+    ).save_pretrained(root / "siglip_full")
     CLIPVisionModel(CLIPVisionConfig(**vision_kw)).save_pretrained(root / "clip_vision")
-    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      tie_word_embeddings=True))
+    lm = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     lm.save_pretrained(root / "qwen2")
     tokenizer.save_pretrained(root / "qwen2")
     return root

@@ -15,8 +15,13 @@ def _rgb(h=20, w=30, seed=0):
 def test_pil_numpy_torch_paths_agree():
     array = _rgb()
     expected = torch.from_numpy(array).permute(2, 0, 1).float() / 255
-    for image in (Image.fromarray(array), array, torch.from_numpy(array).permute(2, 0, 1),
-                  torch.from_numpy(array).permute(2, 0, 1).float() / 255, array.astype(np.float32) / 255):
+    for image in (
+        Image.fromarray(array),
+        array,
+        torch.from_numpy(array).permute(2, 0, 1),
+        torch.from_numpy(array).permute(2, 0, 1).float() / 255,
+        array.astype(np.float32) / 255,
+    ):
         torch.testing.assert_close(image_to_tensor(image), expected)
 
 
@@ -91,7 +96,9 @@ def test_prompt_encoding_right_pads(tiny):
     assert mask[0, :n].all() and not mask[0, n:].any()
     assert (ids[0, n:] == processor.tokenizer.pad_token_id).all()
     text = processor.tokenizer.decode(ids[1, : int(mask[1].sum())])
-    assert text == processor.config.templates["student_prompt"].replace("{prompt}", "two red cubes on a wooden table")
+    assert text == processor.config.templates["student_prompt"].replace(
+        "{prompt}", "two red cubes on a wooden table"
+    )
 
 
 def test_suffix_per_dimension_uses_template(tiny):
@@ -106,4 +113,7 @@ def test_processor_round_trip(tiny, tiny_dir):
     _, processor = tiny
     loaded = ZRewardProcessor.from_pretrained(tiny_dir)
     assert loaded.score_token_ids == processor.score_token_ids
-    assert loaded.encode_prompts(["two red cubes"])[0].tolist() == processor.encode_prompts(["two red cubes"])[0].tolist()
+    assert (
+        loaded.encode_prompts(["two red cubes"])[0].tolist()
+        == processor.encode_prompts(["two red cubes"])[0].tolist()
+    )

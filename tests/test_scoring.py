@@ -4,11 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from zreward_deploy.scoring import Scorer, load_scorer
 from zreward_deploy.errors import ZRewardInputError
+from zreward_deploy.scoring import Scorer, load_scorer
 
-PROMPTS = ["two red cubes on a wooden table", "a star", "three blue spheres to the left of a cone",
-           "one green ring", "a purple triangle", "two stars", "a box"]
+PROMPTS = [
+    "two red cubes on a wooden table",
+    "a star",
+    "three blue spheres to the left of a cone",
+    "one green ring",
+    "a purple triangle",
+    "two stars",
+    "a box",
+]
 
 
 def _images(n, seed=0):
@@ -50,8 +57,10 @@ def test_dimension_subset_and_order(tiny):
 def test_weighted_reward():
     from zreward_deploy.presets import build_preset
 
-    rubric = [{"name": "realism", "instruction": "real?", "weight": 3.0},
-              {"name": "alignment", "instruction": "matches?", "weight": 1.0}]
+    rubric = [
+        {"name": "realism", "instruction": "real?", "weight": 3.0},
+        {"name": "alignment", "instruction": "matches?", "weight": 1.0},
+    ]
     scorer = Scorer(*build_preset("tiny", rubric=rubric))
     res = scorer.score(_images(2), PROMPTS[:2])
     torch.testing.assert_close(res.reward, 0.75 * res.mean[:, 0] + 0.25 * res.mean[:, 1])
@@ -76,7 +85,9 @@ def test_tensor_path_is_differentiable_and_matches_file_path(tiny):
 
 def test_progress_callback_counts_every_item(tiny):
     seen = []
-    Scorer(*tiny, max_batch_size=2).score(_images(5), PROMPTS[:4] + [""], errors="collect", progress=seen.append)
+    Scorer(*tiny, max_batch_size=2).score(
+        _images(5), [*PROMPTS[:4], ""], errors="collect", progress=seen.append
+    )
     assert sum(seen) == 5
 
 

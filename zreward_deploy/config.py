@@ -6,10 +6,11 @@ directory fully describes what its outputs mean. See DESIGN.md §3–4.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
@@ -47,7 +48,7 @@ class ScoreScale:
             )
         if any(not math.isfinite(v) for v in values):
             raise ZRewardInputError("score_scale", f"values must be finite, got {values}")
-        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(values)):
             raise ZRewardInputError("score_scale", f"values must be strictly ascending, got {values}")
         if len(set(tokens)) != len(tokens):
             raise ZRewardInputError("score_scale", f"tokens must be distinct, got {tokens}")
@@ -144,10 +145,16 @@ class Dimension:
 
 
 DEFAULT_DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("alignment", "how faithfully the image shows what the prompt asks for: objects, counts, colours, positions."),
+    Dimension(
+        "alignment",
+        "how faithfully the image shows what the prompt asks for: objects, counts, colours, positions.",
+    ),
     Dimension("realism", "how real and free of rendering artefacts, blur and noise the image looks."),
     Dimension("aesthetics", "how pleasing the composition, colour and clarity of the image are."),
-    Dimension("plausibility", "how physically plausible the scene is: intact objects, sensible structure, no occlusion errors."),
+    Dimension(
+        "plausibility",
+        "how physically plausible the scene is: intact objects, sensible structure, no occlusion errors.",
+    ),
 )
 
 
@@ -267,7 +274,7 @@ class ZRewardConfig(PretrainedConfig):
     """
 
     model_type = "zreward_vlm"
-    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+    sub_configs: ClassVar[dict[str, type]] = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(
         self,
@@ -290,7 +297,9 @@ class ZRewardConfig(PretrainedConfig):
         self.text_config = _sub_config(text_config, "qwen2")
         self.projector_hidden_act = projector_hidden_act
         if vision_feature_select not in ("full", "patch"):
-            raise InvalidModelError("vision_feature_select", f"must be 'full' or 'patch', got {vision_feature_select!r}")
+            raise InvalidModelError(
+                "vision_feature_select", f"must be 'full' or 'patch', got {vision_feature_select!r}"
+            )
         self.vision_feature_select = vision_feature_select
         self.image_mean = [float(x) for x in image_mean]
         self.image_std = [float(x) for x in image_std]
@@ -350,7 +359,9 @@ def _sub_config(value: PretrainedConfig | dict | None, default_type: str) -> Pre
     if value is None:
         return CONFIG_MAPPING[default_type]()
     if not isinstance(value, Mapping):
-        raise InvalidModelError("config", f"sub-config must be a config or a dict, got {type(value).__name__}")
+        raise InvalidModelError(
+            "config", f"sub-config must be a config or a dict, got {type(value).__name__}"
+        )
     model_type = value.get("model_type", default_type)
     if model_type not in CONFIG_MAPPING:
         raise InvalidModelError("config", f"unknown sub-config model_type {model_type!r}")

@@ -22,12 +22,22 @@ def demo_images(size: int = 64, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     a, b = size // 4, size // 2
     clean[a:b, a:b] = (200, 30, 30)  # a red square
     yy, xx = np.mgrid[:size, :size]
-    clean[(yy - 3 * size // 4) ** 2 + (xx - 3 * size // 4) ** 2 < (size // 8) ** 2] = (30, 60, 200)  # a blue disc
+    clean[(yy - 3 * size // 4) ** 2 + (xx - 3 * size // 4) ** 2 < (size // 8) ** 2] = (
+        30,
+        60,
+        200,
+    )  # a blue disc
     noisy = np.clip(clean + rng.normal(0, 60, clean.shape), 0, 255).astype(np.uint8)
     kernel = 5
     padded = np.pad(clean.astype(np.float32), ((kernel, kernel), (kernel, kernel), (0, 0)), mode="edge")
-    blurred = np.mean([padded[kernel + dy: kernel + dy + size, kernel + dx: kernel + dx + size]
-                       for dy in range(-kernel, kernel + 1, 2) for dx in range(-kernel, kernel + 1, 2)], axis=0)
+    blurred = np.mean(
+        [
+            padded[kernel + dy : kernel + dy + size, kernel + dx : kernel + dx + size]
+            for dy in range(-kernel, kernel + 1, 2)
+            for dx in range(-kernel, kernel + 1, 2)
+        ],
+        axis=0,
+    )
     wrong = clean.copy()
     wrong[a:b, a:b] = (30, 160, 40)  # the square is green, not red
     prompt = "a red square and a blue circle"

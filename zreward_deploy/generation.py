@@ -130,7 +130,9 @@ def teacher_forward(
         pos = pos.clamp(max=hidden.shape[1] - 1)
         h = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         logits = model.get_output_embeddings()(h).float()
-        token_logprobs = torch.log_softmax(logits, -1).gather(-1, reasoning_ids.to(device).unsqueeze(-1)).squeeze(-1)
+        token_logprobs = (
+            torch.log_softmax(logits, -1).gather(-1, reasoning_ids.to(device).unsqueeze(-1)).squeeze(-1)
+        )
         token_logprobs = token_logprobs * reasoning_mask.to(device)
     else:
         token_logprobs = hidden.new_zeros(reasoning_ids.shape, dtype=torch.float32)
@@ -189,9 +191,17 @@ def generate_reasoning(
         if seed is not None:
             torch.manual_seed(seed)
         out = model.language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, do_sample=True, temperature=temperature,
-            top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
-            output_logits=True, return_dict_in_generate=True,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
     sampled = out.sequences  # [N, T]: new tokens only (inputs were embeddings)
     logits = torch.stack(out.logits, dim=1).float()  # raw, before temperature / top-p
@@ -207,9 +217,13 @@ def generate_reasoning(
     _, scores = teacher_forward(model, processor, pixel_values, prompt_ids, sampled, mask, finished)
     texts = [processor.tokenizer.decode(sampled[i, : int(mask[i].sum())]) for i in range(sampled.shape[0])]
     return ReasoningOutput(
-        reasoning_ids=sampled.cpu(), reasoning_mask=mask.cpu(), logprobs=token_logprobs.cpu(),
-        finished=finished.cpu(), texts=texts,
-        item_index=torch.arange(len(prompts)).repeat_interleave(num_samples), scores=scores,
+        reasoning_ids=sampled.cpu(),
+        reasoning_mask=mask.cpu(),
+        logprobs=token_logprobs.cpu(),
+        finished=finished.cpu(),
+        texts=texts,
+        item_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
+        scores=scores,
         prompt_ids=prompt_ids,
     )
 

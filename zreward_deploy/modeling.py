@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -75,19 +75,29 @@ class ScoreHead(nn.Module):
         super().__init__()
         if config.score_token_ids is None:
             raise InvalidModelError(
-                "score_token_ids", "are not set; build the config with the tokenizer (see presets.build_model)"
+                "score_token_ids",
+                "are not set; build the config with the tokenizer (see presets.build_model)",
             )
-        self.register_buffer("score_ids", torch.tensor(config.score_token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "score_ids", torch.tensor(config.score_token_ids, dtype=torch.long), persistent=False
+        )
         self.register_buffer("values", config.get_score_scale().values_tensor(), persistent=False)
         self.temperature = config.score_temperature
         self.backend = config.score_head_backend
 
-    def forward(self, hidden: torch.Tensor, lm_head_weight: torch.Tensor, return_logprobs: bool = False) -> ScoreHeadOutput:
+    def forward(
+        self, hidden: torch.Tensor, lm_head_weight: torch.Tensor, return_logprobs: bool = False
+    ) -> ScoreHeadOutput:
         """``hidden [N, H]``, ``lm_head_weight [V, H]`` -> :class:`ScoreHeadOutput` (``probs [N, K]`` ...)."""
         kwargs = {} if self.backend == "auto" else {"backend": self.backend}
         return score_head(
-            hidden, lm_head_weight, self.values, self.temperature, score_ids=self.score_ids,
-            return_logprobs=return_logprobs, **kwargs,
+            hidden,
+            lm_head_weight,
+            self.values,
+            self.temperature,
+            score_ids=self.score_ids,
+            return_logprobs=return_logprobs,
+            **kwargs,
         )
 
 
@@ -99,7 +109,7 @@ class ZRewardPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["ZRewardProjector"]
+    _no_split_modules: ClassVar[list[str]] = ["ZRewardProjector"]
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, ZRewardProjector):
@@ -116,11 +126,13 @@ class ZRewardModel(ZRewardPreTrainedModel):
         super().__init__(config)
         if config.text_config.model_type not in SUPPORTED_TEXT_MODELS:
             raise InvalidModelError(
-                "text_config", f"model_type {config.text_config.model_type!r} is not one of {SUPPORTED_TEXT_MODELS}"
+                "text_config",
+                f"model_type {config.text_config.model_type!r} is not one of {SUPPORTED_TEXT_MODELS}",
             )
         if config.vision_config.model_type not in SUPPORTED_VISION_MODELS:
             raise InvalidModelError(
-                "vision_config", f"model_type {config.vision_config.model_type!r} is not one of {SUPPORTED_VISION_MODELS}"
+                "vision_config",
+                f"model_type {config.vision_config.model_type!r} is not one of {SUPPORTED_VISION_MODELS}",
             )
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.projector = ZRewardProjector(
@@ -145,7 +157,9 @@ class ZRewardModel(ZRewardPreTrainedModel):
         return self.language_model.get_decoder()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> ZRewardModel:
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> ZRewardModel:
         """Load from a local directory of safetensors weights; pickle checkpoints are refused.
 
         Missing or mis-shaped weights and a config of another model type raise
@@ -159,7 +173,11 @@ class ZRewardModel(ZRewardPreTrainedModel):
             model, info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise InvalidModelError(str(directory), f"cannot load the model: {exc}") from None
-        missing = [k for k in info["missing_keys"] if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings]
+        missing = [
+            k
+            for k in info["missing_keys"]
+            if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings
+        ]
         if missing or info.get("mismatched_keys"):
             raise InvalidModelError(
                 str(directory),
@@ -290,18 +308,26 @@ def multi_suffix_mask(
     lengths = torch.tensor(list(suffix_lengths), device=device)
     total = prefix + int(sum(suffix_lengths))
     segment = torch.cat(
-        [torch.zeros(prefix, dtype=torch.long, device=device),
-         torch.repeat_interleave(torch.arange(1, len(suffix_lengths) + 1, device=device), lengths)]
+        [
+            torch.zeros(prefix, dtype=torch.long, device=device),
+            torch.repeat_interleave(torch.arange(1, len(suffix_lengths) + 1, device=device), lengths),
+        ]
     )
     idx = torch.arange(total, device=device)
     causal = idx.view(1, -1) <= idx.view(-1, 1)  # [L_q, L_k]
     visible = (segment.view(1, -1) == 0) | (segment.view(1, -1) == segment.view(-1, 1))
     key_valid = torch.cat(
-        [attention_mask.new_ones(batch, num_image), attention_mask, attention_mask.new_ones(batch, total - prefix)],
+        [
+            attention_mask.new_ones(batch, num_image),
+            attention_mask,
+            attention_mask.new_ones(batch, total - prefix),
+        ],
         dim=1,
     ).bool()
     allowed = (causal & visible).unsqueeze(0) & key_valid.unsqueeze(1)  # [B, L_q, L_k]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
 
     valid_prompt = attention_mask.long().sum(1, keepdim=True)  # [B, 1]
     offsets = torch.arange(total - prefix, device=device) - torch.repeat_interleave(
@@ -331,7 +357,9 @@ def check_model_dir(directory: Path) -> None:
             str(directory), f"config.json is for model_type {model_type!r}, not {ZRewardConfig.model_type!r}"
         )
     has_safetensors = any(directory.glob("*.safetensors"))
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    pickles = sorted(
+        p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+    )
     if not has_safetensors:
         if pickles:
             raise InvalidModelError(

@@ -23,16 +23,38 @@ from .tokenization import build_tokenizer
 # that CPU timings mean something (196 image tokens, LM hidden 512, 8 layers).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "vision": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                   "num_hidden_layers": 2, "num_attention_heads": 2},
-        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "num_key_value_heads": 2},
+        "vision": {
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
     },
     "bench-small": {
-        "vision": {"image_size": 224, "patch_size": 16, "hidden_size": 256, "intermediate_size": 1024,
-                   "num_hidden_layers": 4, "num_attention_heads": 4},
-        "text": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
-                 "num_attention_heads": 8, "num_key_value_heads": 4},
+        "vision": {
+            "image_size": 224,
+            "patch_size": 16,
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        },
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 1408,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+        },
     },
 }
 
@@ -47,13 +69,21 @@ def text_config(model_type: str, vocab_size: int, tokenizer: Any = None, **sizes
     """A Qwen2 / Qwen3 / Llama text config of the given sizes."""
     if model_type not in SUPPORTED_TEXT_MODELS:
         raise InvalidModelError("text_model_type", f"{model_type!r} is not one of {SUPPORTED_TEXT_MODELS}")
-    fields: dict[str, Any] = {"vocab_size": vocab_size, "max_position_embeddings": 4096, "tie_word_embeddings": False,
-                              "rms_norm_eps": 1e-6, **sizes}
+    fields: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+        "rms_norm_eps": 1e-6,
+        **sizes,
+    }
     if model_type in ("qwen3", "llama"):
         fields.setdefault("head_dim", fields["hidden_size"] // fields["num_attention_heads"])
     if tokenizer is not None:
-        fields.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=tokenizer.eos_token_id)
+        fields.update(
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
     return CONFIG_MAPPING[model_type](**fields)
 
 
@@ -144,10 +174,14 @@ def compose(
     if v_config.model_type in ("siglip", "clip"):
         v_config = v_config.vision_config
     if v_config.model_type not in _VISION_TYPES.values():
-        raise InvalidModelError(str(vision_dir), f"model_type {v_config.model_type!r} is not a SigLIP/CLIP vision model")
+        raise InvalidModelError(
+            str(vision_dir), f"model_type {v_config.model_type!r} is not a SigLIP/CLIP vision model"
+        )
     t_config = AutoConfig.from_pretrained(language_dir, local_files_only=True)
     if t_config.model_type not in SUPPORTED_TEXT_MODELS:
-        raise InvalidModelError(str(language_dir), f"model_type {t_config.model_type!r} is not one of {SUPPORTED_TEXT_MODELS}")
+        raise InvalidModelError(
+            str(language_dir), f"model_type {t_config.model_type!r} is not one of {SUPPORTED_TEXT_MODELS}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(language_dir, local_files_only=True)
     if tokenizer.pad_token_id is None:  # Llama tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -155,9 +189,15 @@ def compose(
     mean, std = _image_stats(vision_dir, family)
     scale = score_scale or ScoreScale()
     config = ZRewardConfig(
-        vision_config=v_config, text_config=t_config, image_mean=mean, image_std=std,
+        vision_config=v_config,
+        text_config=t_config,
+        image_mean=mean,
+        image_std=std,
         vision_feature_select="patch" if family == "clip" else "full",
-        score_scale=scale.to_dict(), score_token_ids=scale.token_ids(tokenizer), rubric=rubric, **config_kwargs,
+        score_scale=scale.to_dict(),
+        score_token_ids=scale.token_ids(tokenizer),
+        rubric=rubric,
+        **config_kwargs,
     )
     load = {"local_files_only": True, "use_safetensors": True, "torch_dtype": torch_dtype}
     try:
@@ -165,14 +205,18 @@ def compose(
         vision = vision_cls.from_pretrained(vision_dir, config=v_config, **load)
         language = AutoModelForCausalLM.from_pretrained(language_dir, **load)
     except OSError as exc:
-        raise InvalidModelError(f"{vision_dir} / {language_dir}", f"cannot load component weights: {exc}") from None
+        raise InvalidModelError(
+            f"{vision_dir} / {language_dir}", f"cannot load component weights: {exc}"
+        ) from None
     # Build the wrapper on the meta device and drop the loaded components in, so a large model is never
     # held twice in memory; only the projector is new.
     model = _meta_model(config)
     model.vision_tower, model.language_model = vision, language
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model.projector = ZRewardProjector(v_config.hidden_size, t_config.hidden_size, config.projector_hidden_act)
+        model.projector = ZRewardProjector(
+            v_config.hidden_size, t_config.hidden_size, config.projector_hidden_act
+        )
         model._init_weights(model.projector)
     model.projector.to(dtype=next(language.parameters()).dtype)
     model.score_head = ScoreHead(config)

@@ -34,7 +34,21 @@ ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-_PIL_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I"} | _SIXTEEN_BIT_MODES
+_PIL_MODES = {
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "I",
+} | _SIXTEEN_BIT_MODES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,7 +56,7 @@ _PIL_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "C
 # --------------------------------------------------------------------------------------------------
 
 
-def load_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> "PIL.Image.Image":  # noqa: F821
+def load_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Image.Image:  # noqa: F821
     """Open and fully decode an image file; every failure is an :class:`InvalidImageError` naming it."""
     from PIL import Image, UnidentifiedImageError
 
@@ -81,7 +95,7 @@ def _check_size(item: Any, size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def pil_to_tensor(image: "PIL.Image.Image", item: Any = None) -> torch.Tensor:  # noqa: F821
+def pil_to_tensor(image: PIL.Image.Image, item: Any = None) -> torch.Tensor:  # noqa: F821
     """A PIL image of any common mode -> float ``[3, H, W]`` in [0, 1].
 
     Alpha is composited over white (a transparent background reads as white, not as black); 16-bit
@@ -90,7 +104,9 @@ def pil_to_tensor(image: "PIL.Image.Image", item: Any = None) -> torch.Tensor:  
     """
     mode = image.mode
     if mode not in _PIL_MODES:
-        raise InvalidImageError(item, f"unsupported image mode {mode!r}; use RGB, RGBA, L, P, 16-bit L or CMYK")
+        raise InvalidImageError(
+            item, f"unsupported image mode {mode!r}; use RGB, RGBA, L, P, 16-bit L or CMYK"
+        )
     _check_size(item, image.size, DEFAULT_MAX_IMAGE_PIXELS)
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         array = np.asarray(image).astype(np.float32)
@@ -122,9 +138,7 @@ def numpy_to_tensor(array: np.ndarray, item: Any = None) -> torch.Tensor:
         x = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
         x = array.astype(np.float32) / 65535.0
-    elif np.issubdtype(array.dtype, np.floating):
-        x = array.astype(np.float32)
-    elif array.dtype == np.bool_:
+    elif np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
         x = array.astype(np.float32)
     else:
         raise InvalidImageError(item, f"unsupported numpy dtype {array.dtype}; use uint8, uint16 or float")
@@ -156,7 +170,8 @@ def _finish_float_tensor(x: torch.Tensor, item: Any) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InvalidImageError(
-            item, f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 arrays may be 0..255)"
+            item,
+            f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 arrays may be 0..255)",
         )
     x = x.float().clamp(0.0, 1.0)
     if x.shape[0] == 1:
@@ -167,7 +182,9 @@ def _finish_float_tensor(x: torch.Tensor, item: Any) -> torch.Tensor:
     return x
 
 
-def image_to_tensor(image: ImageInput, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+def image_to_tensor(
+    image: ImageInput, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> torch.Tensor:
     """Any supported image (path, PIL, numpy, torch) -> float ``[3, H, W]`` in [0, 1]."""
     from PIL import Image
 
@@ -180,7 +197,9 @@ def image_to_tensor(image: ImageInput, item: Any = None, max_pixels: int = DEFAU
         return numpy_to_tensor(image, item)
     if isinstance(image, torch.Tensor):
         return torch_to_tensor(image, item)
-    raise InvalidImageError(item, f"unsupported image type {type(image).__name__}; use a path, PIL, numpy or torch")
+    raise InvalidImageError(
+        item, f"unsupported image type {type(image).__name__}; use a path, PIL, numpy or torch"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +221,9 @@ def preprocess_tensor(
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -223,7 +244,9 @@ class ZRewardProcessor:
     the model appends after the padded prompt, each ending at its answer position.
     """
 
-    def __init__(self, tokenizer: Any, config: ZRewardConfig, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(
+        self, tokenizer: Any, config: ZRewardConfig, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ):
         self.tokenizer = tokenizer
         self.config = config
         self.max_image_pixels = max_image_pixels
@@ -246,7 +269,9 @@ class ZRewardProcessor:
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, config: ZRewardConfig | None = None) -> ZRewardProcessor:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, config: ZRewardConfig | None = None
+    ) -> ZRewardProcessor:
         from transformers import AutoTokenizer
 
         directory = str(directory)
@@ -255,7 +280,9 @@ class ZRewardProcessor:
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise InvalidModelError(directory, f"no usable tokenizer in the model directory ({exc})") from None
+            raise InvalidModelError(
+                directory, f"no usable tokenizer in the model directory ({exc})"
+            ) from None
         extra = {}
         path = Path(directory, PROCESSOR_FILE)
         if path.exists():
@@ -279,7 +306,8 @@ class ZRewardProcessor:
         ids = self._encode(fill_template(self.config.templates[template], prompt=prompt))
         if len(ids) > self.config.max_prompt_tokens:
             raise InvalidPromptError(
-                item, f"prompt is {len(ids)} tokens with its template, over the limit of {self.config.max_prompt_tokens}"
+                item,
+                f"prompt is {len(ids)} tokens with its template, over the limit of {self.config.max_prompt_tokens}",
             )
         return ids
 
@@ -315,7 +343,9 @@ class ZRewardProcessor:
     def teacher_prompt_ids(self, prompt: str, dimension: str, item: Any = None) -> list[int]:
         """The teacher's prompt for one dimension, ending where the reasoning starts (after ``<think>``)."""
         self.validate_prompt(prompt, item)
-        text = fill_template(self.config.templates["teacher_prompt"], prompt=prompt, **self.dimension_fields(dimension))
+        text = fill_template(
+            self.config.templates["teacher_prompt"], prompt=prompt, **self.dimension_fields(dimension)
+        )
         ids = self._encode(text)
         if len(ids) > self.config.max_prompt_tokens + 128:
             raise InvalidPromptError(item, f"teacher prompt is {len(ids)} tokens, too long")

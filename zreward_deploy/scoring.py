@@ -58,7 +58,9 @@ class ScoreResult:
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-friendly dict per item: reward, per-dimension mean/std/probs, or the error."""
         records = []
-        probs, mean, std, reward = (t.detach().float().cpu() for t in (self.probs, self.mean, self.std, self.reward))
+        probs, mean, std, reward = (
+            t.detach().float().cpu() for t in (self.probs, self.mean, self.std, self.reward)
+        )
         for i in range(len(self)):
             if i in self.errors:
                 records.append({"index": i, "error": str(self.errors[i])})
@@ -111,7 +113,11 @@ class Scorer:
     def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
         """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
         dtype = kwargs.get("dtype")
-        model = ZRewardModel.from_pretrained(model_dir, torch_dtype=dtype) if dtype else ZRewardModel.from_pretrained(model_dir)
+        model = (
+            ZRewardModel.from_pretrained(model_dir, torch_dtype=dtype)
+            if dtype
+            else ZRewardModel.from_pretrained(model_dir)
+        )
         processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
         return cls(model, processor, **kwargs)
 
@@ -191,18 +197,29 @@ class Scorer:
     def _run(self, pixel_values: torch.Tensor, ids: list[list[int]], suffixes: list[torch.Tensor]):
         input_ids, attention_mask = self.processor.pad(ids)
         return self.model(
-            pixel_values.to(self.device), input_ids.to(self.device), attention_mask.to(self.device),
+            pixel_values.to(self.device),
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
             [s.to(self.device) for s in suffixes],
         )
 
     def _result(
-        self, probs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, names: list[str],
+        self,
+        probs: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        names: list[str],
         failures: dict[int, ZRewardInputError],
     ) -> ScoreResult:
         weights = self.config.get_rubric().weights(names).to(mean.device)
         return ScoreResult(
-            probs=probs, mean=mean, std=std, reward=mean @ weights, dimensions=names,
-            values=list(self.config.get_score_scale().values), errors=failures,
+            probs=probs,
+            mean=mean,
+            std=std,
+            reward=mean @ weights,
+            dimensions=names,
+            values=list(self.config.get_score_scale().values),
+            errors=failures,
         )
 
     # -- the differentiable tensor path ----------------------------------------------------------------
@@ -226,9 +243,13 @@ class Scorer:
         prompts = _broadcast_prompts(prompts, images.shape[0])
         names = [d.name for d in self.config.get_rubric().select(dimensions)]
         pixel_values = self.processor.preprocess_tensor(images)
-        input_ids, attention_mask = self.processor.pad([self.processor.prompt_ids(p, item=i) for i, p in enumerate(prompts)])
+        input_ids, attention_mask = self.processor.pad(
+            [self.processor.prompt_ids(p, item=i) for i, p in enumerate(prompts)]
+        )
         out = self.model(
-            pixel_values.to(self.device), input_ids.to(self.device), attention_mask.to(self.device),
+            pixel_values.to(self.device),
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
             [s.to(self.device) for s in self.processor.suffix_ids(names)],
         )
         return self._result(out.probs, out.mean, out.std, names, {})
@@ -241,7 +262,9 @@ def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
     if len(prompts) == 1 and n > 1:
         return prompts * n
     if len(prompts) != n:
-        raise ZRewardInputError("prompts", f"got {len(prompts)} prompts for {n} images; give one per image or one for all")
+        raise ZRewardInputError(
+            "prompts", f"got {len(prompts)} prompts for {n} images; give one per image or one for all"
+        )
     return prompts
 
 

@@ -10,7 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("model", help="create, compose and inspect model directories")
     sub = group.add_subparsers(dest="model_command", metavar="<command>", required=True)
 
-    create = sub.add_parser("create", help="write a randomly initialised preset model (tests, demos, benchmarks)")
+    create = sub.add_parser(
+        "create", help="write a randomly initialised preset model (tests, demos, benchmarks)"
+    )
     create.add_argument("--preset", default="tiny", help="tiny or bench-small (default: tiny)")
     create.add_argument("--text-model", default="qwen2", help="qwen2, qwen3 or llama (default: qwen2)")
     create.add_argument("--vision-model", default="siglip", help="siglip or clip (default: siglip)")
@@ -18,9 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--out", required=True, help="output directory")
     create.set_defaults(func=run_create)
 
-    compose = sub.add_parser("compose", help="assemble a model from pretrained vision and language checkpoints")
+    compose = sub.add_parser(
+        "compose", help="assemble a model from pretrained vision and language checkpoints"
+    )
     compose.add_argument("--vision", required=True, help="SigLIP/CLIP checkpoint directory (safetensors)")
-    compose.add_argument("--language", required=True, help="Qwen2/Qwen3/Llama checkpoint directory with tokenizer")
+    compose.add_argument(
+        "--language", required=True, help="Qwen2/Qwen3/Llama checkpoint directory with tokenizer"
+    )
     compose.add_argument("--seed", type=int, default=0, help="projector initialisation seed (default: 0)")
     compose.add_argument("--out", required=True, help="output directory")
     compose.set_defaults(func=run_compose)
@@ -36,7 +42,9 @@ def run_create(args: argparse.Namespace) -> int:
     model, processor = build_preset(args.preset, args.text_model, args.vision_model, seed=args.seed)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
-    print(f"wrote {args.preset} model ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}")
+    print(
+        f"wrote {args.preset} model ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}"
+    )
     return 0
 
 
@@ -55,10 +63,18 @@ def run_info(args: argparse.Namespace) -> int:
 
     model = ZRewardModel.from_pretrained(args.model)
     c = model.config
-    print(json.dumps({
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vision": c.vision_config.model_type, "text": c.text_config.model_type,
-        "image_size": c.image_size, "image_tokens": c.num_image_tokens,
-        "score_scale": c.score_scale, "dimensions": c.get_rubric().names,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vision": c.vision_config.model_type,
+                "text": c.text_config.model_type,
+                "image_size": c.image_size,
+                "image_tokens": c.num_image_tokens,
+                "score_scale": c.score_scale,
+                "dimensions": c.get_rubric().names,
+            },
+            indent=2,
+        )
+    )
     return 0

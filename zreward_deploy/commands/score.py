@@ -10,7 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("score", help="score images against prompts", description=__doc__)
     p.add_argument("--model", required=True, help="model directory (config.json, *.safetensors, tokenizer)")
     p.add_argument("--image", action="append", required=True, help="image file; repeat for several")
-    p.add_argument("--prompt", action="append", required=True, help="prompt; one for all images or one per image")
+    p.add_argument(
+        "--prompt", action="append", required=True, help="prompt; one for all images or one per image"
+    )
     p.add_argument("--dimensions", default=None, help="comma-separated rubric dimensions (default: all)")
     p.add_argument("--backend", default="torch", help="runtime backend (default: torch)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         rec["image"] = args.image[rec["index"]]
         rec["prompt"] = args.prompt[rec["index"]] if len(args.prompt) > 1 else args.prompt[0]
     if args.json:
-        print(json.dumps({"values": result.values, "dimensions": result.dimensions, "items": records}, indent=2))
+        print(
+            json.dumps({"values": result.values, "dimensions": result.dimensions, "items": records}, indent=2)
+        )
     else:
         print(format_records(records, result.values))
     return 1 if result.errors else 0
