@@ -81,49 +81,31 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
-class Scorer:
-    """Scores (image, prompt) pairs with a :class:`ZRewardModel` in PyTorch (the ``torch`` backend).
+class BaseScorer:
+    """Shared scoring logic of every runtime: validation, lazy image decoding, length-sorted
+    micro-batches, per-item error collection and the reward. A runtime implements :meth:`_forward`.
 
-    Args:
-        model: the reward model.
-        processor: its processor (tokenizer + templates + image preprocessing).
-        device: where to run (default: the model's device).
-        dtype: cast the model to this dtype (default: keep). Probabilities are fp32 regardless.
-        max_batch_size: micro-batch size; calls with more items are split.
+    Subclasses set ``processor`` (a :class:`ZRewardProcessor`), ``config`` and ``max_batch_size``.
     """
 
-    backend = "torch"
-
-    def __init__(
-        self,
-        model: ZRewardModel,
-        processor: ZRewardProcessor,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        max_batch_size: int = 32,
-    ):
-        if max_batch_size < 1:
-            raise ZRewardInputError("max_batch_size", f"must be >= 1, got {max_batch_size}")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(device=self.device, dtype=dtype).eval()
-        self.processor = processor
-        self.max_batch_size = max_batch_size
-
-    @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
-        """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
-        dtype = kwargs.get("dtype")
-        model = (
-            ZRewardModel.from_pretrained(model_dir, torch_dtype=dtype)
-            if dtype
-            else ZRewardModel.from_pretrained(model_dir)
-        )
-        processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
-        return cls(model, processor, **kwargs)
+    backend = "base"
+    processor: ZRewardProcessor
+    max_batch_size: int
 
     @property
     def config(self) -> ZRewardConfig:
-        return self.model.config
+        return self.processor.config
+
+    def _forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        dimensions: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the model on one padded micro-batch -> ``probs [b, D, K]``, ``mean [b, D]``, ``std [b, D]``
+        (CPU or device tensors; the caller moves them to CPU)."""
+        raise NotImplementedError
 
     # -- file / PIL / numpy / tensor images, no gradients ---------------------------------------------
     def score(
@@ -166,7 +148,6 @@ class Scorer:
         probs = torch.full((len(images), len(names), k), math.nan)
         mean = torch.full((len(images), len(names)), math.nan)
         std = torch.full_like(mean, math.nan)
-        suffixes = self.processor.suffix_ids(names)
         for chunk in self._chunks(prompt_ids):
             tensors, kept = [], []
             for i in chunk:  # decode lazily, one micro-batch at a time, so memory stays bounded
@@ -178,9 +159,10 @@ class Scorer:
                         raise
                     failures[i] = exc
             if kept:
-                out = self._run(self.processor.pixel_values(tensors), [prompt_ids[i] for i in kept], suffixes)
+                input_ids, attention_mask = self.processor.pad([prompt_ids[i] for i in kept])
+                out = self._forward(self.processor.pixel_values(tensors), input_ids, attention_mask, names)
                 index = torch.tensor(kept)
-                probs[index], mean[index], std[index] = out.probs.cpu(), out.mean.cpu(), out.std.cpu()
+                probs[index], mean[index], std[index] = (t.float().cpu() for t in out)
             if progress is not None:
                 progress(len(chunk))
         if progress is not None and failures:
@@ -192,16 +174,6 @@ class Scorer:
         order = sorted(prompt_ids, key=lambda i: -len(prompt_ids[i]))
         for start in range(0, len(order), self.max_batch_size):
             yield order[start : start + self.max_batch_size]
-
-    @torch.no_grad()
-    def _run(self, pixel_values: torch.Tensor, ids: list[list[int]], suffixes: list[torch.Tensor]):
-        input_ids, attention_mask = self.processor.pad(ids)
-        return self.model(
-            pixel_values.to(self.device),
-            input_ids.to(self.device),
-            attention_mask.to(self.device),
-            [s.to(self.device) for s in suffixes],
-        )
 
     def _result(
         self,
@@ -221,6 +193,54 @@ class Scorer:
             values=list(self.config.get_score_scale().values),
             errors=failures,
         )
+
+
+class Scorer(BaseScorer):
+    """Scores (image, prompt) pairs with a :class:`ZRewardModel` in PyTorch (the ``torch`` backend).
+
+    Args:
+        model: the reward model.
+        processor: its processor (tokenizer + templates + image preprocessing).
+        device: where to run (default: the model's device).
+        dtype: cast the model to this dtype (default: keep). Probabilities are fp32 regardless.
+        max_batch_size: micro-batch size; calls with more items are split.
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: ZRewardModel,
+        processor: ZRewardProcessor,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 32,
+    ):
+        if max_batch_size < 1:
+            raise ZRewardInputError("max_batch_size", f"must be >= 1, got {max_batch_size}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.processor = processor
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
+        """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
+        dtype = kwargs.get("dtype")
+        load = {"torch_dtype": dtype} if dtype is not None else {}
+        model = ZRewardModel.from_pretrained(model_dir, **load)
+        processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
+        return cls(model, processor, **kwargs)
+
+    @torch.no_grad()
+    def _forward(self, pixel_values, input_ids, attention_mask, dimensions):
+        out = self.model(
+            pixel_values.to(self.device),
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            [s.to(self.device) for s in self.processor.suffix_ids(dimensions)],
+        )
+        return out.probs, out.mean, out.std
 
     # -- the differentiable tensor path ----------------------------------------------------------------
     def score_tensor(
@@ -271,7 +291,7 @@ def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
 BACKENDS: dict[str, str] = {"torch": "zreward_deploy.scoring:Scorer"}
 
 
-def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: Any) -> Scorer:
+def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: Any) -> BaseScorer:
     """Load a scorer for ``model_dir`` with the named backend (``torch``; exported runtimes add theirs).
 
     Keyword arguments go to the backend's ``from_pretrained`` (``device``, ``dtype``, ``max_batch_size``).
