@@ -221,7 +221,9 @@ def test_policy_loss_gradient_has_the_sign_of_the_advantage():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     adv = _t([0.8, -1.5, 0.3])
     for mode in NORMALIZATIONS:
-        (grad,) = torch.autograd.grad(policy_gradient_loss(logp, adv, mask, old_logp=old, normalization=mode).loss, logp)
+        (grad,) = torch.autograd.grad(
+            policy_gradient_loss(logp, adv, mask, old_logp=old, normalization=mode).loss, logp
+        )
         descent = -grad
         assert (torch.sign(descent[mask]) == torch.sign(adv[:, None].expand(3, 5)[mask])).all(), mode
         assert torch.equal(grad[~mask], torch.zeros(int((~mask).sum())))
@@ -271,7 +273,9 @@ def test_policy_loss_all_masked_is_zero_and_padding_garbage_does_not_leak():
     logp, mask, adv = _two_sequences()
     for mode in NORMALIZATIONS:
         lp = logp.clone().requires_grad_()
-        out = policy_gradient_loss(lp, adv, torch.zeros_like(mask), ref_logp=lp.detach() + 1, beta=0.1, normalization=mode)
+        out = policy_gradient_loss(
+            lp, adv, torch.zeros_like(mask), ref_logp=lp.detach() + 1, beta=0.1, normalization=mode
+        )
         assert out.loss.item() == 0.0 and out.kl.item() == 0.0 and out.clip_fraction.item() == 0.0
         (grad,) = torch.autograd.grad(out.loss, lp)
         assert torch.equal(grad, torch.zeros_like(grad))
@@ -301,9 +305,11 @@ def test_policy_loss_gradcheck_float64():
     adv = torch.randn(3, dtype=torch.float64)
     for mode in NORMALIZATIONS:
         assert torch.autograd.gradcheck(
-            lambda lp, mode=mode: policy_gradient_loss(
-                lp, adv, mask, old_logp=old, ref_logp=ref, beta=0.3, normalization=mode
-            ).loss,
+            lambda lp, mode=mode: (
+                policy_gradient_loss(
+                    lp, adv, mask, old_logp=old, ref_logp=ref, beta=0.3, normalization=mode
+                ).loss
+            ),
             (logp,),
         )
 
@@ -352,7 +358,9 @@ def test_soft_ce_two_hot_hand_value_and_zero_target_mass():
     log_q = torch.log(_t([0.1, 0.1, 0.2, 0.3, 0.3]))
     _close(soft_cross_entropy_loss(log_q[None], target[None]), 1.4067054, atol=1e-6)
     # a score the model rules out (log q = −inf) where the target is 0 costs nothing
-    log_q_inf = _t([-float("inf"), -float("inf"), math.log(0.5), math.log(0.5), -float("inf")]).requires_grad_()
+    log_q_inf = _t(
+        [-float("inf"), -float("inf"), math.log(0.5), math.log(0.5), -float("inf")]
+    ).requires_grad_()
     loss = soft_cross_entropy_loss(log_q_inf[None], target[None])
     _close(loss, math.log(2))  # −(.5 ln .5 + .5 ln .5) = ln 2
     loss.backward()
@@ -390,13 +398,18 @@ def test_score_gap_loss_hand_case_and_identity_with_pairwise_reward():
     s_w, s_l = 1 + 4 * torch.rand(3), 1 + 4 * torch.rand(3)
     r_w = pairwise_reward(mu_w, mu_l, s_w, s_l, R)
     r_l = pairwise_reward(mu_l, mu_w, s_l, s_w, R)
-    _close(score_gap_loss(mu_w, mu_l, s_w, s_l, score_range=R), torch.cat([1 - r_w, 1 - r_l], 1).mean().item())
+    _close(
+        score_gap_loss(mu_w, mu_l, s_w, s_l, score_range=R), torch.cat([1 - r_w, 1 - r_l], 1).mean().item()
+    )
 
 
 def test_score_gap_loss_matches_explicit_loop_over_j_i_k():
     torch.manual_seed(7)
     B, G = 3, 5
-    mu = {"w": 1 + 4 * torch.rand(B, G, dtype=torch.float64), "l": 1 + 4 * torch.rand(B, G, dtype=torch.float64)}
+    mu = {
+        "w": 1 + 4 * torch.rand(B, G, dtype=torch.float64),
+        "l": 1 + 4 * torch.rand(B, G, dtype=torch.float64),
+    }
     s = {"w": 1 + 4 * torch.rand(B, dtype=torch.float64), "l": 1 + 4 * torch.rand(B, dtype=torch.float64)}
     other = {"w": "l", "l": "w"}
     per_pair = []
@@ -584,4 +597,6 @@ def test_opd_loss_hand_value_gradient_and_all_masked():
     assert adv.grad is None  # stop-gradient on the advantage
     zero = opd_loss(logp, adv, torch.zeros_like(mask))
     assert zero.item() == 0.0
-    assert torch.autograd.gradcheck(lambda lp: opd_loss(lp, adv.detach(), mask), (logp.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda lp: opd_loss(lp, adv.detach(), mask), (logp.detach().requires_grad_(),)
+    )
