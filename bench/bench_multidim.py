@@ -5,7 +5,8 @@ Providers, same model, same inputs, same process:
   separate_passes D full forwards ``[image][prompt][suffix_d]`` (vision tower included each time): what a
                   scorer that asks one question per sequence does.
 
-Both produce the same probabilities (tests/test_modeling.py checks ≤ 1e-5); this measures the cost.
+The providers alternate run by run (A, B, A, B, ...) so that background load hits both alike; the
+ratio of their medians is reported. Both produce the same probabilities (tests/test_modeling.py checks ≤ 1e-5); this measures the cost.
 Tokens through the LM per item: one_pass = P + S + Σ_d T_d, separate = Σ_d (P + S + T_d), so the ideal
 LM speed-up is about D·(P + S + T)/(P + S + D·T) before attention's quadratic term, plus the D−1 vision
 passes saved.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from zreward_deploy.bench.common import environment, markdown_table, summarize, time_cpu, write_rows
+from zreward_deploy.bench.common import environment, markdown_table, summarize, time_interleaved, write_rows
 
 PROMPT = "three blue spheres to the left of a large yellow cone on a wooden table"
 
@@ -81,26 +82,28 @@ def run(config: MultiDimBenchConfig) -> list[dict]:
                 model.config.num_image_tokens + len(prompt_ids) + len(s) for s in suffixes
             ),
         }
-        medians = {}
+        providers = {"one_pass": one_pass, "separate_passes": separate_passes}
         with torch.inference_mode():
-            for name, fn in (("one_pass", one_pass), ("separate_passes", separate_passes)):
-                stats = summarize(time_cpu(fn, config.warmup, config.repeats))
-                medians[name] = stats["median_ms"]
-                rows.append(
-                    {
-                        "bench": "multidim",
-                        "provider": name,
-                        "preset": config.preset,
-                        "batch": batch,
-                        "dimensions": len(dims),
-                        "lm_tokens_per_item": tokens[name],
-                        "dtype": "float32",
-                        "device": "cpu",
-                        **stats,
-                        "images_per_s": batch / stats["median_ms"] * 1e3,
-                        "env": env,
-                    }
-                )
+            times = time_interleaved(providers, config.warmup, config.repeats)
+        medians = {}
+        for name, samples in times.items():
+            stats = summarize(samples)
+            medians[name] = stats["median_ms"]
+            rows.append(
+                {
+                    "bench": "multidim",
+                    "provider": name,
+                    "preset": config.preset,
+                    "batch": batch,
+                    "dimensions": len(dims),
+                    "lm_tokens_per_item": tokens[name],
+                    "dtype": "float32",
+                    "device": "cpu",
+                    **stats,
+                    "images_per_s": batch / stats["median_ms"] * 1e3,
+                    "env": env,
+                }
+            )
         for row in rows[-2:]:
             row["speedup_vs_separate"] = medians["separate_passes"] / row["median_ms"]
     return rows

@@ -85,6 +85,23 @@ def time_cpu(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> list[
     return times
 
 
+def time_interleaved(
+    providers: dict[str, Callable[[], Any]], warmup: int = 3, repeats: int = 10
+) -> dict[str, list[float]]:
+    """Wall-clock milliseconds of each provider, alternating providers run by run so that a change in
+    background load affects all of them alike (ratios stay meaningful on a shared machine)."""
+    for _ in range(warmup):
+        for fn in providers.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in providers}
+    for _ in range(repeats):
+        for name, fn in providers.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
 def summarize(times_ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(times_ms)
 
