@@ -1,0 +1,468 @@
+"""A procedurally generated dataset in the DESIGN.md §5 format, for demos and tests.
+
+Each prompt describes a small scene of coloured shapes on a table ("two red circles", "a blue square on
+the left", "a yellow triangle to the left of a green diamond"). For each prompt, M images are drawn with
+graded defects; each defect lowers the ground truth of the dimensions it drives
+(:data:`DEFECT_EFFECTS`, :data:`ALIGNMENT_PENALTY`), and simulated annotators score every image around
+that truth. The table below is repeated in docs/data.md.
+
+=====================  ====================================================  ==========================
+defect (severity s)    what it does to the image                             truth lowered by
+=====================  ====================================================  ==========================
+blur                   Gaussian blur, radius 2 px · s (at 64 px)              realism 2.0 s, aesth. 0.5 s
+noise                  Gaussian pixel noise, σ = 46 · s (of 255)               realism 2.0 s, aesth. 0.5 s
+pixelate               block pixelation, blocks 1 + 5 s px                   realism 1.5 s
+tilt                   whole frame rotated by 15° · s, grey corners          aesthetics 2.0 s
+washout                blended towards a beige haze, α = 0.55 s              aesthetics 2.0 s, real. 0.5 s
+float                  one object lifted 0.35 s of the frame, shadow stays   plausibility 2.5 s
+broken                 one object split, its right half displaced            plausibility 2.0 s
+cut                    a band of background drawn *through* one object       plausibility 2.0 s
+=====================  ====================================================  ==========================
+
+Alignment is categorical: ``none`` 0, ``wrong_colour`` / ``wrong_count`` / ``swapped`` 1.5 (hard: one
+attribute off), ``wrong_shape`` 2.0, ``missing_object`` 2.5, ``wrong_object`` 3.5 (every object has
+another shape and colour), ``empty`` 4.0 (no object at all: an easy case that needs no prompt reading).
+Truth per dimension = clip(5 − Σ penalties, 1, 5).
+
+Annotations: annotator a scores ``clip(round_half(truth + b_a + ε), 1, 5)`` with a fixed bias
+``b_a ~ N(0, 0.2²)`` per annotator (written to ``synth.json``) and ``ε ~ N(0, σ_d²)``, σ_d from
+:data:`ANNOTATOR_NOISE`. ``scores`` = the trimmed mean of the annotations
+(:func:`~zreward_deploy.data.format.aggregate_annotations`) rounded to the nearest half point (halves
+round up). The same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..config import Rubric
+from ..errors import ZRewardInputError
+from .format import SPLITS, aggregate_annotations
+
+DIMENSIONS: tuple[str, ...] = tuple(Rubric().names)  # the default rubric's four dimensions
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 50, 170),
+}
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
+
+# defect -> {dimension: truth lost at severity 1}
+DEFECT_EFFECTS: dict[str, dict[str, float]] = {
+    "blur": {"realism": 2.0, "aesthetics": 0.5},
+    "noise": {"realism": 2.0, "aesthetics": 0.5},
+    "pixelate": {"realism": 1.5},
+    "tilt": {"aesthetics": 2.0},
+    "washout": {"aesthetics": 2.0, "realism": 0.5},
+    "float": {"plausibility": 2.5},
+    "broken": {"plausibility": 2.0},
+    "cut": {"plausibility": 2.0},
+}
+# alignment mismatch -> alignment truth lost
+ALIGNMENT_PENALTY: dict[str, float] = {
+    "none": 0.0,
+    "wrong_colour": 1.5,
+    "wrong_count": 1.5,
+    "swapped": 1.5,
+    "wrong_shape": 2.0,
+    "missing_object": 2.5,
+    "wrong_object": 3.5,
+    "empty": 4.0,
+}
+MISMATCH_PROBABILITY: dict[str, float] = {
+    "none": 0.32,
+    "wrong_colour": 0.12,
+    "wrong_count": 0.08,
+    "swapped": 0.06,
+    "wrong_shape": 0.12,
+    "missing_object": 0.08,
+    "wrong_object": 0.14,
+    "empty": 0.08,
+}
+DEFECT_PROBABILITY = 0.3  # each quality defect is present with this probability ...
+SEVERITIES = (0.25, 0.5, 0.75, 1.0)  # ... at one of these severities
+ANNOTATOR_NOISE: dict[str, float] = {
+    "alignment": 0.3,
+    "realism": 0.4,
+    "aesthetics": 0.55,
+    "plausibility": 0.4,
+}
+ANNOTATOR_BIAS_STD = 0.2
+# The defect forced on an image when all M images of a prompt would tie on a dimension.
+_PRIMARY_DEFECT = {"realism": "blur", "aesthetics": "tilt", "plausibility": "float"}
+
+_SKY, _TABLE, _SHADOW = (200, 215, 235), (160, 118, 80), (105, 75, 50)
+_TABLE_TOP, _STAND = 0.62, 0.8  # table edge and where objects stand, as fractions of the height
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and seed of a synthetic dataset."""
+
+    prompts: int = field(default=60, metadata={"help": "number of prompts (scenes)"})
+    images_per_prompt: int = field(default=4, metadata={"help": "images per prompt (M >= 2 makes pairs)"})
+    annotators: int = field(default=5, metadata={"help": "simulated annotators per image"})
+    image_size: int = field(default=64, metadata={"help": "side of the square PNG images, pixels"})
+    seed: int = field(default=0, metadata={"help": "random seed; the same seed gives identical bytes"})
+    val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts in val.jsonl"})
+    test_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts in test.jsonl"})
+
+    def __post_init__(self) -> None:
+        checks = {
+            "prompts": self.prompts >= 1,
+            "images_per_prompt": self.images_per_prompt >= 2,
+            "annotators": self.annotators >= 1,
+            "image_size": 16 <= self.image_size <= 1024,
+            "seed": self.seed >= 0,
+            "val_fraction": 0 <= self.val_fraction < 1,
+            "test_fraction": 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ZRewardInputError(name, f"invalid value {getattr(self, name)!r} (see SynthConfig)")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One object: shape, colour name, centre x and size as fractions of the frame width."""
+
+    shape: str
+    colour: str
+    x: float
+    size: float
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    kind: str  # "count", "side" or "relation"
+    text: str
+    objects: tuple[Shape, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts and mismatches
+# --------------------------------------------------------------------------------------------------
+
+
+def _plural(shape: str, n: int) -> str:
+    return shape if n == 1 else shape + "s"
+
+
+def _row(shape: str, colour: str, n: int) -> tuple[Shape, ...]:
+    size = 0.24 if n <= 2 else 0.18
+    xs = np.linspace(0.5 - 0.15 * (n - 1), 0.5 + 0.15 * (n - 1), n) if n > 1 else [0.5]
+    return tuple(Shape(shape, colour, float(x), size) for x in xs)
+
+
+def draw_prompt(rng: np.random.Generator) -> PromptSpec:
+    """A random prompt and the objects it asks for."""
+    colours = list(COLOURS)
+    kind = str(rng.choice(["count", "side", "relation"]))
+    shape, colour = str(rng.choice(SHAPES)), str(rng.choice(colours))
+    if kind == "count":
+        n = int(rng.integers(1, 4))
+        return PromptSpec(kind, f"{COUNT_WORDS[n]} {colour} {_plural(shape, n)}", _row(shape, colour, n))
+    if kind == "side":
+        side = str(rng.choice(["left", "right"]))
+        x = 0.27 if side == "left" else 0.73
+        return PromptSpec(kind, f"a {colour} {shape} on the {side}", (Shape(shape, colour, x, 0.26),))
+    while True:  # two different objects
+        shape2, colour2 = str(rng.choice(SHAPES)), str(rng.choice(colours))
+        if (shape2, colour2) != (shape, colour):
+            break
+    text = f"a {colour} {shape} to the left of a {colour2} {shape2}"
+    return PromptSpec(kind, text, (Shape(shape, colour, 0.3, 0.24), Shape(shape2, colour2, 0.7, 0.24)))
+
+
+def _other(rng: np.random.Generator, options, current: str) -> str:
+    return str(rng.choice([o for o in options if o != current]))
+
+
+def apply_mismatch(
+    spec: PromptSpec, mismatch: str, rng: np.random.Generator
+) -> tuple[str, tuple[Shape, ...]]:
+    """The objects actually drawn for an image with the given alignment mismatch. Mismatches that do not
+    apply to the prompt's kind fall back (``swapped`` -> ``wrong_colour`` for counts, ``missing_object``
+    -> ``wrong_object`` for one-object prompts); the mismatch actually applied is returned."""
+    objs = list(spec.objects)
+    if mismatch == "swapped" and spec.kind == "count":
+        mismatch = "wrong_colour"
+    if mismatch == "missing_object" and len(objs) < 2:
+        mismatch = "wrong_object"
+    k = int(rng.integers(len(objs)))
+    if mismatch == "wrong_colour":
+        objs[k] = Shape(objs[k].shape, _other(rng, COLOURS, objs[k].colour), objs[k].x, objs[k].size)
+    elif mismatch == "wrong_shape":
+        objs[k] = Shape(_other(rng, SHAPES, objs[k].shape), objs[k].colour, objs[k].x, objs[k].size)
+    elif mismatch == "wrong_object":
+        objs = [
+            Shape(_other(rng, SHAPES, o.shape), _other(rng, COLOURS, o.colour), o.x, o.size) for o in objs
+        ]
+    elif mismatch == "swapped":
+        objs = [Shape(o.shape, o.colour, 1.0 - o.x, o.size) for o in objs]
+    elif mismatch == "missing_object":
+        objs = [objs[1 - k] if len(objs) == 2 else objs[k]]
+    elif mismatch == "empty":
+        objs = []
+    elif mismatch == "wrong_count":
+        if spec.kind == "count":
+            n = len(objs)
+            n = n + 1 if n == 1 or (n < 4 and rng.random() < 0.5) else n - 1
+            objs = list(_row(objs[0].shape, objs[0].colour, n))
+        else:  # "a ..." drawn twice, side by side
+            o = objs[k]
+            dx = 0.14 if o.x < 0.5 else -0.14
+            objs[k] = Shape(o.shape, o.colour, o.x - dx / 2, o.size * 0.8)
+            objs.insert(k + 1, Shape(o.shape, o.colour, o.x + dx / 2, o.size * 0.8))
+    return mismatch, tuple(objs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, bottom: float, r: float, fill) -> None:
+    outline = tuple(int(c * 0.55) for c in fill)
+    width = max(1, round(r / 10))
+    if shape == "circle":
+        draw.ellipse((cx - r, bottom - 2 * r, cx + r, bottom), fill=fill, outline=outline, width=width)
+    elif shape == "square":
+        draw.rectangle((cx - r, bottom - 2 * r, cx + r, bottom), fill=fill, outline=outline, width=width)
+    elif shape == "triangle":
+        draw.polygon(
+            [(cx - r, bottom), (cx + r, bottom), (cx, bottom - 2 * r)],
+            fill=fill,
+            outline=outline,
+            width=width,
+        )
+    else:  # diamond
+        pts = [(cx, bottom), (cx + r, bottom - r), (cx, bottom - 2 * r), (cx - r, bottom - r)]
+        draw.polygon(pts, fill=fill, outline=outline, width=width)
+
+
+def _background(side: int) -> Image.Image:
+    image = Image.new("RGB", (side, side), _SKY)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, int(_TABLE_TOP * side), side, side), fill=_TABLE)
+    return image
+
+
+def render_image(
+    objects: tuple[Shape, ...], defects: dict[str, float], size: int, rng: np.random.Generator
+) -> Image.Image:
+    """Draw ``objects`` on a table, apply the graded ``defects`` (name -> severity in [0, 1]) and return a
+    ``size x size`` RGB image. The scene is drawn at twice the size and downsampled (anti-aliasing)."""
+    side = 2 * size
+    background = _background(side)
+    image = background.copy()
+    draw = ImageDraw.Draw(image)
+    target = int(rng.integers(len(objects))) if objects else -1  # the object plausibility defects hit
+    stand = _STAND * side
+    for obj in objects:  # shadows first, so objects never sit under another's shadow
+        r = obj.size * side / 2
+        draw.ellipse(
+            (obj.x * side - 1.1 * r, stand - 0.18 * r, obj.x * side + 1.1 * r, stand + 0.18 * r), fill=_SHADOW
+        )
+    for i, obj in enumerate(objects):
+        r, cx = obj.size * side / 2, obj.x * side
+        lift = defects.get("float", 0.0) * 0.35 * side if i == target else 0.0
+        layer = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+        _draw_shape(ImageDraw.Draw(layer), obj.shape, cx, stand - lift, r, COLOURS[obj.colour])
+        if i == target and defects.get("broken", 0.0) > 0:
+            s = defects["broken"]
+            right = layer.crop((int(cx), 0, side, side))
+            layer.paste((0, 0, 0, 0), (int(cx), 0, side, side))
+            layer.alpha_composite(right, (int(cx + 0.25 * s * r), 0), (0, int(0.6 * s * r)))
+        image.paste(layer, (0, 0), layer)
+        if i == target and defects.get("cut", 0.0) > 0:
+            # the background drawn in front of the object: an occlusion no real scene can produce
+            half = 0.4 * defects["cut"] * r
+            mid = stand - lift - r
+            box = (int(cx - 1.3 * r), int(mid - half), int(cx + 1.3 * r), int(mid + half) + 1)
+            image.paste(background.crop(box), box[:2])
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return _degrade(image, defects, rng)
+
+
+def _degrade(image: Image.Image, defects: dict[str, float], rng: np.random.Generator) -> Image.Image:
+    size = image.width
+    unit = size / 64  # defect strengths are tuned at 64 px and scale with the image
+    if (s := defects.get("tilt", 0.0)) > 0:
+        angle = 15.0 * s * (1 if rng.random() < 0.5 else -1)
+        image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
+    if (s := defects.get("washout", 0.0)) > 0:
+        image = Image.blend(image, Image.new("RGB", image.size, (205, 195, 165)), 0.55 * s)
+    if (s := defects.get("pixelate", 0.0)) > 0:
+        block = 1 + 5 * s * unit
+        small = max(2, round(size / block))
+        image = image.resize((small, small), Image.Resampling.BOX).resize(
+            (size, size), Image.Resampling.NEAREST
+        )
+    if (s := defects.get("blur", 0.0)) > 0:
+        image = image.filter(ImageFilter.GaussianBlur(2.0 * s * unit))
+    if (s := defects.get("noise", 0.0)) > 0:
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels + rng.normal(0.0, 46.0 * s, pixels.shape).astype(np.float32)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return image
+
+
+# --------------------------------------------------------------------------------------------------
+# Truth and annotators
+# --------------------------------------------------------------------------------------------------
+
+
+def ground_truth(defects: dict[str, float], mismatch: str) -> dict[str, float]:
+    """Truth per dimension in [1, 5] from defect severities and the alignment mismatch."""
+    lost = dict.fromkeys(DIMENSIONS, 0.0)
+    lost["alignment"] = ALIGNMENT_PENALTY[mismatch]
+    for name, severity in defects.items():
+        for dim, weight in DEFECT_EFFECTS[name].items():
+            lost[dim] += weight * severity
+    return {d: min(5.0, max(1.0, 5.0 - lost[d])) for d in DIMENSIONS}
+
+
+def round_half(x: float) -> float:
+    """Nearest multiple of 0.5, halves rounding up (numpy's round-half-to-even would make 3.25 -> 3.0 but
+    3.75 -> 4.0)."""
+    return math.floor(2.0 * x + 0.5) / 2.0
+
+
+def annotate(truth: dict[str, float], bias: np.ndarray, rng: np.random.Generator) -> dict[str, list[float]]:
+    """One score per annotator and dimension: ``clip(round_half(truth + bias_a + N(0, σ_d²)), 1, 5)``."""
+    out = {}
+    for dim in DIMENSIONS:
+        noise = rng.normal(0.0, ANNOTATOR_NOISE[dim], len(bias))
+        out[dim] = [
+            min(5.0, max(1.0, round_half(truth[dim] + b + e))) for b, e in zip(bias, noise, strict=True)
+        ]
+    return out
+
+
+def _draw_defects(rng: np.random.Generator) -> dict[str, float]:
+    defects = {}
+    for name in DEFECT_EFFECTS:
+        if rng.random() < DEFECT_PROBABILITY:
+            defects[name] = float(rng.choice(SEVERITIES))
+    return defects
+
+
+def _draw_group(rng: np.random.Generator, m: int) -> list[tuple[str, dict[str, float]]]:
+    """(mismatch, defects) for the M images of one prompt, such that no dimension's truth is the same on
+    all M images (so every dimension has same-prompt pairs)."""
+    names, probs = list(MISMATCH_PROBABILITY), np.array(list(MISMATCH_PROBABILITY.values()))
+    group = [(str(rng.choice(names, p=probs / probs.sum())), _draw_defects(rng)) for _ in range(m)]
+    truths = [ground_truth(d, mm) for mm, d in group]
+    for dim in DIMENSIONS:
+        if len({round(t[dim], 6) for t in truths}) > 1:
+            continue
+        j = int(rng.integers(m))
+        mismatch, defects = group[j]
+        if dim == "alignment":
+            mismatch = "wrong_object" if mismatch == "none" else "none"
+        else:
+            name = _PRIMARY_DEFECT[dim]
+            defects = {**defects, name: 0.0 if defects.get(name, 0.0) > 0 else 1.0}
+        group[j] = (mismatch, {k: v for k, v in defects.items() if v > 0})
+        truths[j] = ground_truth(group[j][1], mismatch)
+    return group
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_of_prompts(n: int, cfg: SynthConfig, rng: np.random.Generator) -> list[str]:
+    """Split name per prompt index: val and test get their fractions (at least one prompt each when
+    there are 3 or more prompts), train the rest."""
+    n_val, n_test = round(n * cfg.val_fraction), round(n * cfg.test_fraction)
+    if n >= 3:
+        n_val, n_test = max(n_val, int(cfg.val_fraction > 0)), max(n_test, int(cfg.test_fraction > 0))
+    n_val, n_test = min(n_val, max(0, n - 1)), min(n_test, max(0, n - 1 - n_val))
+    labels = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
+    order = rng.permutation(n)
+    out = [""] * n
+    for label, i in zip(labels, order, strict=True):
+        out[int(i)] = label
+    return out
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike, config: SynthConfig | None = None, overwrite: bool = False
+) -> dict[str, int]:
+    """Write a synthetic dataset to ``out_dir``: ``train/val/test.jsonl``, ``images/*.png`` and
+    ``synth.json`` (the generator's settings, annotator biases and defect tables).
+
+    Refuses a non-empty ``out_dir`` unless ``overwrite`` (then the files it writes are replaced).
+
+    Returns:
+        Number of records per split.
+    """
+    cfg = config or SynthConfig()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ZRewardInputError(str(out), "output folder is not empty; choose another or pass overwrite=True")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    master = np.random.default_rng(cfg.seed)
+    bias = master.normal(0.0, ANNOTATOR_BIAS_STD, cfg.annotators)
+    specs = [draw_prompt(master) for _ in range(cfg.prompts)]
+    splits = _split_of_prompts(cfg.prompts, cfg, master)
+    lines: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for p, spec in enumerate(specs):
+        rng = np.random.default_rng([cfg.seed, p])  # per prompt: a prompt's images do not depend on N
+        prompt_id = f"p{p}"
+        for j, (mismatch, defects) in enumerate(_draw_group(rng, cfg.images_per_prompt)):
+            mismatch, objects = apply_mismatch(spec, mismatch, rng)
+            if not objects:  # nothing to float, break or cut
+                defects = {k: v for k, v in defects.items() if k not in ("float", "broken", "cut")}
+            image = render_image(objects, defects, cfg.image_size, rng)
+            name = f"images/{prompt_id}_{j}.png"
+            # no metadata chunks and a fixed compression level: the same pixels give the same bytes
+            image.save(out / name, format="PNG", compress_level=6)
+            truth = ground_truth(defects, mismatch)
+            annotations = annotate(truth, bias, rng)
+            record = {
+                "id": f"{prompt_id}_{j}",
+                "prompt_id": prompt_id,
+                "prompt": spec.text,
+                "image": name,
+                "scores": {d: round_half(aggregate_annotations(a)) for d, a in annotations.items()},
+                "annotations": annotations,
+                "meta": {
+                    "truth": {d: round(t, 4) for d, t in truth.items()},
+                    "mismatch": mismatch,
+                    "defects": defects,
+                    "kind": spec.kind,
+                },
+            }
+            lines[splits[p]].append(json.dumps(record))
+    for split, rows in lines.items():
+        (out / f"{split}.jsonl").write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    (out / "synth.json").write_text(json.dumps(_manifest(cfg, bias), indent=2) + "\n", encoding="utf-8")
+    return {split: len(rows) for split, rows in lines.items()}
+
+
+def _manifest(cfg: SynthConfig, bias: np.ndarray) -> dict[str, Any]:
+    return {
+        "generator": "zreward_deploy.data.synth",
+        "config": asdict(cfg),
+        "annotator_bias": [round(float(b), 6) for b in bias],
+        "annotator_noise": ANNOTATOR_NOISE,
+        "defect_effects": DEFECT_EFFECTS,
+        "alignment_penalty": ALIGNMENT_PENALTY,
+        "mismatch_probability": MISMATCH_PROBABILITY,
+        "defect_probability": DEFECT_PROBABILITY,
+    }
