@@ -244,7 +244,8 @@ def fill_template(template: str, **fields: Any) -> str:
     return out
 
 
-def _format_score(v: float) -> str:
+def format_score(v: float) -> str:
+    """A score value as text: ``3.0`` -> ``"3"``, ``3.5`` -> ``"3.5"`` (JSON keys, tick labels, templates)."""
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
@@ -350,7 +351,7 @@ class ZRewardConfig(PretrainedConfig):
 
     def scale_fields(self) -> dict[str, str]:
         scale = self.get_score_scale()
-        return {"min": _format_score(scale.min), "max": _format_score(scale.max)}
+        return {"min": format_score(scale.min), "max": format_score(scale.max)}
 
 
 def _sub_config(value: PretrainedConfig | dict | None, default_type: str) -> PretrainedConfig:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import format_score
 from .data.format import Record, build_pairs
 from .errors import MissingDependencyError, UnknownDimensionError
 from .metrics import (
@@ -115,7 +116,7 @@ class Evaluation:
                     "mean": _finite_or_none(self.mean[i, d]),
                     "std": _finite_or_none(self.std[i, d]),
                     "probs": {
-                        _fmt(v): _finite_or_none(p)
+                        format_score(v): _finite_or_none(p)
                         for v, p in zip(self.values, self.probs[i, d], strict=True)
                     },
                     "human": None if e is None else _finite_or_none(self.human[e]),
@@ -126,10 +127,6 @@ class Evaluation:
             row["dimensions"] = dims
             rows.append(row)
         return rows
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else str(v)
 
 
 def _finite_or_none(x: Any) -> float | None:
@@ -403,7 +400,7 @@ def _plot_distributions(ev: Evaluation, path: Path, n_examples: int) -> Path:
         ax.bar(x + 0.2, q[e], width=0.4, label="model q", color="#1f77b4")
         rec, name = ev.records[ev.entry_item[e]], ev.dimensions[ev.entry_dim[e]]
         ax.set_title(f"{rec.id} · {name}\nμ={ev.entry_mean[e]:.2f}  ŝ={ev.human[e]:.2f}", fontsize=9)
-        ax.set_xticks(x, [_fmt(v) for v in ev.values])
+        ax.set_xticks(x, [format_score(v) for v in ev.values])
         ax.set_ylim(0, 1)
         ax.set_xlabel("score")
     for ax in axes[len(picks) :]:

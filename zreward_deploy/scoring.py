@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from .config import ZRewardConfig
+from .config import ZRewardConfig, format_score
 from .errors import ZRewardInputError
 from .modeling import ZRewardModel
 from .processing import ImageInput, ZRewardProcessor
@@ -69,16 +69,12 @@ class ScoreResult:
                 name: {
                     "mean": float(mean[i, d]),
                     "std": float(std[i, d]),
-                    "probs": {_fmt(v): float(probs[i, d, k]) for k, v in enumerate(self.values)},
+                    "probs": {format_score(v): float(probs[i, d, k]) for k, v in enumerate(self.values)},
                 }
                 for d, name in enumerate(self.dimensions)
             }
             records.append({"index": i, "reward": float(reward[i]), "dimensions": dims})
         return records
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else str(v)
 
 
 class BaseScorer:
