@@ -191,3 +191,27 @@ def test_gradients_reach_the_pixels(tiny):
     )
     out.mean.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_score_head_backend_flag_routes_the_model(monkeypatch, backend):
+    """config.score_head_backend forces the kernel (run by Triton's interpreter here) or the reference;
+    both give the same distributions and gradients."""
+    import zreward_deploy.kernels.score_head as kernel_module
+
+    reference, _ = build_preset("tiny", seed=6, score_temperature=0.3)
+    forced, processor = build_preset("tiny", seed=6, score_temperature=0.3, score_head_backend=backend)
+    pv = processor.preprocess_tensor(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    ids, mask = processor.encode_prompts(PROMPTS[:3])
+    suffixes = processor.suffix_ids(["realism", "alignment"])
+    expected = reference(pv, ids, mask, suffixes)
+    expected.mean.sum().backward()
+    calls = []
+    real_ref = kernel_module.score_head_ref
+    monkeypatch.setattr(kernel_module, "score_head_ref", lambda *a, **k: calls.append(1) or real_ref(*a, **k))
+    out = forced(pv, ids, mask, suffixes)
+    out.mean.sum().backward()
+    assert (len(calls) > 0) == (backend == "torch")
+    torch.testing.assert_close(out.probs, expected.probs, atol=1e-5, rtol=0)
+    head, ref_head = forced.get_output_embeddings().weight, reference.get_output_embeddings().weight
+    torch.testing.assert_close(head.grad, ref_head.grad, atol=1e-5, rtol=1e-4)

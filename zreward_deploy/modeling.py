@@ -89,7 +89,7 @@ class ScoreHead(nn.Module):
         self, hidden: torch.Tensor, lm_head_weight: torch.Tensor, return_logprobs: bool = False
     ) -> ScoreHeadOutput:
         """``hidden [N, H]``, ``lm_head_weight [V, H]`` -> :class:`ScoreHeadOutput` (``probs [N, K]`` ...)."""
-        kwargs = {} if self.backend == "auto" else {"backend": self.backend}
+        # "auto" defers to $ZREWARD_SCORE_HEAD (default: Triton on CUDA, the reference elsewhere)
         return score_head(
             hidden,
             lm_head_weight,
@@ -97,7 +97,7 @@ class ScoreHead(nn.Module):
             self.temperature,
             score_ids=self.score_ids,
             return_logprobs=return_logprobs,
-            **kwargs,
+            backend=None if self.backend == "auto" else self.backend,
         )
 
 
