@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "zreward_deploy.commands.model",
     "zreward_deploy.commands.data",
     "zreward_deploy.commands.eval",
+    "zreward_deploy.commands.export",
+    "zreward_deploy.commands.bench",
 )
 
 

@@ -284,7 +284,11 @@ def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
     return prompts
 
 
-BACKENDS: dict[str, str] = {"torch": "zreward_deploy.scoring:Scorer"}
+BACKENDS: dict[str, str] = {
+    "torch": "zreward_deploy.scoring:Scorer",
+    "onnx": "zreward_deploy.export.ort:OrtScorer",
+    "tensorrt": "zreward_deploy.export.tensorrt:TensorRTScorer",
+}
 
 
 def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: Any) -> BaseScorer:
@@ -296,5 +300,14 @@ def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: 
         raise ZRewardInputError(backend, f"unknown backend; available: {sorted(BACKENDS)}")
     import importlib
 
+    from .errors import MissingDependencyError
+
     module_name, cls_name = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module_name), cls_name).from_pretrained(model_dir, **kwargs)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:  # an optional dependency of the backend is not installed
+        if (exc.name or "").startswith("zreward_deploy"):
+            raise
+        extra = {"onnx": "onnx", "tensorrt": "gpu"}.get(backend, backend)
+        raise MissingDependencyError(exc.name or "?", extra, f"the {backend!r} backend") from exc
+    return getattr(module, cls_name).from_pretrained(model_dir, **kwargs)

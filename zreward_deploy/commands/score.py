@@ -14,7 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prompt", action="append", required=True, help="prompt; one for all images or one per image"
     )
     p.add_argument("--dimensions", default=None, help="comma-separated rubric dimensions (default: all)")
-    p.add_argument("--backend", default="torch", help="runtime backend (default: torch)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "tensorrt"],
+        help="runtime: torch (model dir), onnx or tensorrt (an export folder; docs/export.md) (default: torch)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="micro-batch size (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -1,0 +1,239 @@
+"""Triton Inference Server model repository for the ONNX or TensorRT artefact (DESIGN.md §8).
+
+Layout written by :func:`write_triton_repository`::
+
+    <out>/model_repository/<name>/config.pbtxt
+    <out>/model_repository/<name>/<version>/model.onnx      (platform onnxruntime_onnx)
+                                         or model.plan      (platform tensorrt_plan)
+    <out>/client/   config.json, tokenizer, zreward_processor.json, zreward_onnx.json, zreward_triton.json
+
+The client folder sits *outside* the repository because Triton treats every folder in a repository as a
+model. A client tokenizes with ``ZRewardProcessor.from_pretrained(client_dir)`` (the same preprocessing as
+every other backend), right-pads ``input_ids``/``attention_mask`` to the smallest text-length bucket that
+holds the batch (``zreward_triton.json`` lists the buckets and the pad id) and sends the three tensors.
+
+Why buckets: Triton's dynamic batcher only merges requests whose tensors have the same shape, so free
+text lengths would leave most requests in batches of one. Padding to a few fixed lengths makes requests
+batchable and, for TensorRT, matches one optimization profile per bucket (``instance_group.profile`` lists
+them all; the backend picks the profile that holds the request's shape). Right padding does not change
+the scores (see ``export/tensorrt.py``). ``model_warmup`` runs each bucket once at load, so no first
+request pays for lazy initialisation.
+
+The config is plain text written here; ``tests/export/test_triton_repo.py`` parses it with Triton's own
+protobuf definitions (``tritonclient.grpc.model_config_pb2``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zreward_deploy.errors import InvalidModelError, ZRewardInputError
+
+from .ort import METADATA_FILE, ONNX_FILE, read_export_metadata
+from .tensorrt import TENSORRT_METADATA_FILE, TensorRTBuildConfig
+
+TRITON_CLIENT_FILE = "zreward_triton.json"
+_CLIENT_FILES = ("config.json", "zreward_processor.json", METADATA_FILE)
+_TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+
+
+@dataclass
+class TritonRepoConfig:
+    """Settings of a Triton model repository (``zreward export triton-repo``)."""
+
+    model_name: str = field(default="zreward", metadata={"help": "model name in the repository"})
+    model_version: int = field(default=1, metadata={"help": "version folder to write"})
+    max_batch_size: int = field(default=32, metadata={"help": "largest batch Triton forms (≤ engine's max)"})
+    preferred_batch_sizes: tuple[int, ...] = field(
+        default=(8, 16, 32), metadata={"help": "batch sizes the dynamic batcher aims for"}
+    )
+    max_queue_delay_us: int = field(
+        default=2000, metadata={"help": "longest a request waits for others to batch with, microseconds"}
+    )
+    text_length_buckets: tuple[int, ...] | None = field(
+        default=None,
+        metadata={"help": "text-length buckets (default: the TensorRT record's, else 32,64,128,256)"},
+    )
+    instance_count: int = field(default=1, metadata={"help": "model instances per device"})
+    instance_kind: str = field(default="gpu", metadata={"help": "gpu or cpu (ONNX only; TensorRT is gpu)"})
+    warmup: bool = field(default=True, metadata={"help": "warm every bucket up when the model loads"})
+
+    def __post_init__(self) -> None:
+        if not self.model_name or not self.model_name.replace("_", "").replace("-", "").isalnum():
+            raise ZRewardInputError("model_name", f"must be a plain name, got {self.model_name!r}")
+        if self.model_version < 1 or self.max_batch_size < 1 or self.instance_count < 1:
+            raise ZRewardInputError("triton", "model_version, max_batch_size and instance_count must be >= 1")
+        self.preferred_batch_sizes = tuple(int(b) for b in self.preferred_batch_sizes)
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ZRewardInputError("preferred_batch_sizes", f"must lie in 1..{self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ZRewardInputError("max_queue_delay_us", "must be >= 0")
+        if self.instance_kind not in ("gpu", "cpu"):
+            raise ZRewardInputError("instance_kind", f"must be 'gpu' or 'cpu', got {self.instance_kind!r}")
+        if self.text_length_buckets is not None:
+            buckets = tuple(int(b) for b in self.text_length_buckets)
+            if not buckets or buckets[0] < 1 or list(buckets) != sorted(set(buckets)):
+                raise ZRewardInputError(
+                    "text_length_buckets", f"must be positive and ascending, got {buckets}"
+                )
+            self.text_length_buckets = buckets
+
+
+def _dims(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]"
+
+
+def triton_config_text(
+    meta: dict[str, Any], platform: str, config: TritonRepoConfig, buckets: tuple[int, ...]
+) -> str:
+    """The ``config.pbtxt`` text for an export's graph contract.
+
+    Args:
+        meta: the export's ``zreward_onnx.json`` (dtype, dimensions, score scale, image size).
+        platform: ``"onnxruntime_onnx"`` or ``"tensorrt_plan"``.
+        config: repository settings.
+        buckets: text-length buckets (TensorRT: one profile each, in order).
+    """
+    d, k = len(meta["dimensions"]), len(meta["score_scale"]["values"])
+    size = meta["image_size"]
+    pixel_type = _TRITON_TYPES[meta["inputs"]["pixel_values"]["dtype"]]
+    lines = [
+        f'name: "{config.model_name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {config.max_batch_size}",
+        "input [",
+        f'  {{ name: "input_ids" data_type: TYPE_INT64 dims: {_dims([-1])} }},',
+        f'  {{ name: "attention_mask" data_type: TYPE_INT64 dims: {_dims([-1])} }},',
+        f'  {{ name: "pixel_values" data_type: {pixel_type} dims: {_dims([3, size, size])} }}',
+        "]",
+        "output [",
+        f'  {{ name: "probs" data_type: TYPE_FP32 dims: {_dims([d, k])} }},',
+        f'  {{ name: "mean" data_type: TYPE_FP32 dims: {_dims([d])} }},',
+        f'  {{ name: "std" data_type: TYPE_FP32 dims: {_dims([d])} }},',
+        # a [B] output: Triton needs non-empty dims, so [1] reshaped to the model's [] per item
+        f'  {{ name: "reward" data_type: TYPE_FP32 dims: {_dims([1])} reshape: {{ shape: [ ] }} }}',
+        "]",
+        "dynamic_batching {",
+        *(f"  preferred_batch_size: {b}" for b in config.preferred_batch_sizes),
+        f"  max_queue_delay_microseconds: {config.max_queue_delay_us}",
+        "}",
+    ]
+    kind = "KIND_GPU" if platform == "tensorrt_plan" or config.instance_kind == "gpu" else "KIND_CPU"
+    group = [f"  {{ count: {config.instance_count} kind: {kind}"]
+    if platform == "tensorrt_plan":
+        group.append("    profile: [ " + ", ".join(f'"{i}"' for i in range(len(buckets))) + " ]")
+    lines += ["instance_group [", *group, "  }", "]"]
+    lines += [
+        "parameters [",
+        f'  {{ key: "zreward.text_length_buckets" value: {{ string_value: "{",".join(map(str, buckets))}" }} }},',
+        f'  {{ key: "zreward.dimensions" value: {{ string_value: "{",".join(meta["dimensions"])}" }} }},',
+        f'  {{ key: "zreward.score_values" value: {{ string_value: "{",".join(str(v) for v in meta["score_scale"]["values"])}" }} }}',
+        "]",
+    ]
+    if config.warmup:
+        lines.append("model_warmup [")
+        for i, length in enumerate(buckets):
+            comma = "," if i < len(buckets) - 1 else ""
+            lines += [
+                "  {",
+                f'    name: "bucket_{length}" batch_size: 1 count: 1',
+                f'    inputs {{ key: "input_ids" value: {{ data_type: TYPE_INT64 dims: {_dims([length])} zero_data: true }} }}',
+                f'    inputs {{ key: "attention_mask" value: {{ data_type: TYPE_INT64 dims: {_dims([length])} zero_data: true }} }}',
+                f'    inputs {{ key: "pixel_values" value: {{ data_type: {pixel_type} dims: {_dims([3, size, size])} random_data: true }} }}',
+                "  }" + comma,
+            ]
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def _artefact(directory: Path) -> tuple[str, Path, dict[str, Any] | None]:
+    """(platform, model file, TensorRT record) of an ONNX or TensorRT folder."""
+    record_path = directory / TENSORRT_METADATA_FILE
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if not record.get("engine"):
+            raise InvalidModelError(str(directory), "is a TensorRT folder without a built engine")
+        return "tensorrt_plan", directory / record["engine"]["file"], record
+    return "onnxruntime_onnx", directory / ONNX_FILE, None
+
+
+def write_triton_repository(
+    artefact_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TritonRepoConfig | None = None
+) -> dict[str, Path]:
+    """Write a model repository and a client folder for an ONNX or TensorRT folder.
+
+    Returns:
+        ``{"repository": ..., "config": .../config.pbtxt, "model": the copied model file, "client": ...}``.
+    """
+    cfg = config or TritonRepoConfig()
+    src, out = Path(artefact_dir), Path(out_dir)
+    meta = read_export_metadata(src)
+    platform, model_file, record = _artefact(src)
+    if record is not None:
+        build = TensorRTBuildConfig(**record["build_config"])
+        if cfg.max_batch_size > build.max_batch_size:
+            raise ZRewardInputError(
+                "max_batch_size",
+                f"{cfg.max_batch_size} exceeds the engine's largest batch {build.max_batch_size}",
+            )
+        if cfg.text_length_buckets not in (None, build.text_length_buckets):
+            raise ZRewardInputError(
+                "text_length_buckets", "a TensorRT engine's buckets are fixed by its profiles"
+            )
+        buckets = build.text_length_buckets
+    else:
+        buckets = cfg.text_length_buckets or TensorRTBuildConfig().text_length_buckets
+    if buckets[-1] < meta["max_prompt_tokens"]:
+        raise ZRewardInputError(
+            "text_length_buckets",
+            f"the largest bucket must hold {meta['max_prompt_tokens']} tokens (the prompt limit)",
+        )
+    if out.exists() and any(out.iterdir()):
+        raise ZRewardInputError(str(out), "output folder is not empty; choose another")
+
+    model_dir = out / "model_repository" / cfg.model_name
+    version_dir = model_dir / str(cfg.model_version)
+    version_dir.mkdir(parents=True)
+    target = version_dir / ("model.plan" if platform == "tensorrt_plan" else "model.onnx")
+    shutil.copyfile(model_file, target)
+    (model_dir / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
+
+    client = out / "client"
+    client.mkdir()
+    for path in src.iterdir():  # the tokenizer's files plus the model's own description
+        if path.is_file() and (
+            path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
+        ):
+            shutil.copyfile(path, client / path.name)
+    from zreward_deploy.processing import ZRewardProcessor
+
+    pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
+    (client / TRITON_CLIENT_FILE).write_text(
+        json.dumps(
+            {
+                "model_name": cfg.model_name,
+                "platform": platform,
+                "text_length_buckets": list(buckets),
+                "pad_token_id": pad_id,
+                "inputs": meta["inputs"],
+                "outputs": meta["outputs"],
+                "dimensions": meta["dimensions"],
+                "repository_config": {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return {
+        "repository": out / "model_repository",
+        "config": model_dir / "config.pbtxt",
+        "model": target,
+        "client": client,
+    }
