@@ -116,15 +116,10 @@ def make_inputs(processor: Any, batch: int, seed: int = 0) -> tuple[Any, Any, An
 
 def run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
     """Time every backend at every batch size; one row per (backend, batch)."""
-    import torch
+    from zreward_deploy.bench.common import torch_threads
 
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):  # the benchmark's thread setting ends with it
         return _run(config)
-    finally:
-        torch.set_num_threads(threads)  # the benchmark's thread setting ends with it
 
 
 def _run(config: LatencyBenchConfig) -> list[dict[str, Any]]:

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-from zreward_deploy.bench.common import environment, markdown_table, summarize, time_interleaved, write_rows
+from zreward_deploy.bench.common import (
+    environment,
+    markdown_table,
+    summarize,
+    time_interleaved,
+    torch_threads,
+    write_rows,
+)
 
 PROMPT = "three blue spheres to the left of a large yellow cone on a wooden table"
 
@@ -48,10 +55,14 @@ class MultiDimBenchConfig:
 
 def run(config: MultiDimBenchConfig) -> list[dict]:
     """Measure both providers for every batch size; returns one row per (provider, batch)."""
+
+    with torch_threads(config.threads):
+        return _run(config)
+
+
+def _run(config: MultiDimBenchConfig) -> list[dict]:
     from zreward_deploy.presets import build_preset
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     model, processor = build_preset(config.preset, seed=0)
     dims = model.config.get_rubric().names
     suffixes = processor.suffix_ids(dims)

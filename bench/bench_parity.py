@@ -154,15 +154,10 @@ def parity_row(reference: Any, other: Any) -> dict[str, Any]:
 
 def run(config: ParityBenchConfig) -> list[dict[str, Any]]:
     """Score the split with torch and every variant; one row per variant."""
-    import torch
+    from zreward_deploy.bench.common import torch_threads
 
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):  # the benchmark's thread setting ends with it
         return _run(config)
-    finally:
-        torch.set_num_threads(threads)  # the benchmark's thread setting ends with it
 
 
 def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def _git_sha() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (0 = leave as is), restoring the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_cpu(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> list[float]:
