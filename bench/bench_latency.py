@@ -188,8 +188,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         batches = [r["batch"] for r in mine]
         left.plot(batches, [r["p50_ms"] for r in mine], marker="o", label=name)
         right.plot(batches, [r["images_per_s"] for r in mine], marker="o", label=name)
+    all_batches = sorted({r["batch"] for r in rows})
     for ax, label in ((left, "p50 latency (ms)"), (right, "images / s (at p50)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(all_batches, [str(b) for b in all_batches])
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
