@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "zreward_deploy.commands.eval",
     "zreward_deploy.commands.export",
     "zreward_deploy.commands.bench",
+    "zreward_deploy.commands.train",
 )
 
 

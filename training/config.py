@@ -1,0 +1,318 @@
+"""The shared base of every trainer's config: a dataclass, overridden by YAML, then by ``key=value``.
+
+One dataclass per trainer (``SFTConfig``, ``GDSOConfig``, ...) subclasses :class:`TrainConfig`. Every
+field has a type, a default and help text in ``field(metadata={"help": ...})``; ``__post_init__``
+validates. Values are resolved in this order (later wins):
+
+1. the dataclass defaults;
+2. a YAML file (``--config FILE``): a mapping of field names to values;
+3. ``key=value`` overrides from the command line; each value is parsed as YAML, so ``beta=0.04``,
+   ``dimensions=[realism]``, ``tensorboard=true`` and ``dimensions=null`` all mean what they say.
+
+A key that is not a field is an error (a typo must not silently train with a default), and so is a value
+of the wrong type. The resolved config is written to ``output_dir/config.yaml`` at the start of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from zreward_deploy.errors import ZRewardInputError
+
+C = TypeVar("C", bound="TrainConfig")
+
+LR_SCHEDULERS = ("constant", "linear", "cosine")
+RESUME_MODES = ("auto", "never")
+
+
+class ConfigError(ZRewardInputError):
+    """A config file or override that is not valid for the trainer (unknown key, wrong type, bad value)."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Fields every trainer shares: run, model, data, optimisation, logging and checkpoints."""
+
+    method: ClassVar[str] = "base"
+
+    # -- run ----------------------------------------------------------------------------------------
+    output_dir: str = field(
+        default="runs/train",
+        metadata=_help(
+            "folder for checkpoints (checkpoints/step_*), the final model (model/), metrics.jsonl and "
+            "config.yaml"
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help(
+            "seed of everything random: model init of a preset, data order, rollout sampling (each "
+            "rollout chunk's seed is derived from it, the step and the chunk's place in the global batch)"
+        ),
+    )
+    resume: str = field(
+        default="auto",
+        metadata=_help(
+            "'auto': continue from the latest checkpoint in output_dir if there is one (exact resume: "
+            "weights, optimizer, scheduler, data order, RNG states); 'never': start from scratch and "
+            "overwrite; or a path to a checkpoint folder"
+        ),
+    )
+
+    # -- model and data ------------------------------------------------------------------------------
+    model: str = field(
+        default="preset:tiny",
+        metadata=_help(
+            "model to train: a model directory (config.json + safetensors) or 'preset:NAME' (a randomly "
+            "initialised preset of zreward_deploy.presets, built with `seed`)"
+        ),
+    )
+    data: str = field(
+        default="",
+        metadata=_help("dataset folder (train.jsonl, val.jsonl, test.jsonl and images; docs/data.md)"),
+    )
+    train_split: str = field(default="train", metadata=_help("split to train on"))
+    dimensions: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "rubric dimensions to train on (default: every dimension of the model's rubric that the data "
+            "labels; for distillation every rubric dimension)"
+        ),
+    )
+
+    # -- optimisation ----------------------------------------------------------------------------------
+    max_steps: int = field(default=100, metadata=_help("training steps (global batches) to run"))
+    batch_size: int = field(
+        default=16,
+        metadata=_help(
+            "global batch size (items, or pairs for GDSO/GRPO), split evenly across processes; must be "
+            "divisible by the number of processes"
+        ),
+    )
+    learning_rate: float = field(default=1e-3, metadata=_help("peak AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    adam_beta1: float = field(default=0.9, metadata=_help("AdamW β1"))
+    adam_beta2: float = field(default=0.999, metadata=_help("AdamW β2"))
+    adam_epsilon: float = field(
+        default=1e-8,
+        metadata=_help(
+            "AdamW ε; Adam turns gradients far below it into updates far below the learning rate, and "
+            "gradients far above it (even rounding noise on a parameter whose true gradient is 0) into "
+            "updates of about the learning rate"
+        ),
+    )
+    lr_scheduler: str = field(
+        default="constant",
+        metadata=_help(f"learning-rate schedule after warm-up: one of {LR_SCHEDULERS}"),
+    )
+    warmup_steps: int = field(default=0, metadata=_help("linear warm-up, in optimizer updates"))
+    max_grad_norm: float = field(
+        default=1.0, metadata=_help("clip the global gradient norm to this (0 = no clipping)")
+    )
+
+    # -- logging, evaluation, checkpoints --------------------------------------------------------------
+    log_every: int = field(default=1, metadata=_help("write a metrics.jsonl line every N steps"))
+    eval_every: int = field(
+        default=0, metadata=_help("evaluate on eval_split every N steps (0 = never during training)")
+    )
+    eval_split: str = field(default="val", metadata=_help("split for evaluation during training"))
+    eval_at_end: bool = field(default=False, metadata=_help("evaluate on eval_split after the last step"))
+    save_every: int = field(
+        default=0, metadata=_help("write a resumable checkpoint every N steps (0 = only at the end)")
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata=_help("resumable checkpoints kept in output_dir/checkpoints (oldest deleted)")
+    )
+    progress: bool = field(default=True, metadata=_help("show a progress bar (main process, on a terminal)"))
+    tensorboard: bool = field(
+        default=False, metadata=_help("also write TensorBoard scalars to output_dir/tensorboard")
+    )
+    num_threads: int = field(
+        default=0, metadata=_help("torch intra-op threads per process (0 = leave torch's default)")
+    )
+
+    def __post_init__(self) -> None:
+        positive = {"max_steps": self.max_steps, "batch_size": self.batch_size, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(name, f"must be >= 1, got {value}")
+        non_negative = {
+            "warmup_steps": self.warmup_steps,
+            "eval_every": self.eval_every,
+            "save_every": self.save_every,
+            "num_threads": self.num_threads,
+            "weight_decay": self.weight_decay,
+            "max_grad_norm": self.max_grad_norm,
+            "seed": self.seed,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(name, f"must be >= 0, got {value}")
+        if not self.adam_epsilon > 0:
+            raise ConfigError("adam_epsilon", f"must be > 0, got {self.adam_epsilon}")
+        if not self.learning_rate > 0:
+            raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ConfigError("lr_scheduler", f"must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if not self.output_dir:
+            raise ConfigError("output_dir", "must not be empty")
+        if self.dimensions is not None and not self.dimensions:
+            raise ConfigError("dimensions", "must be null (all) or a non-empty list")
+
+    # -- (de)serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump({"method": self.method, **self.to_dict()}, sort_keys=False)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Field name -> help text (for ``--help-config`` and the docs)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_sources(
+        cls: type[C],
+        config_file: str | Path | None = None,
+        overrides: Sequence[str] = (),
+        **values: Any,
+    ) -> C:
+        """Build the config from a YAML file, then ``key=value`` overrides, then keyword values.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, a malformed override, or a value
+                ``__post_init__`` refuses.
+        """
+        merged: dict[str, Any] = {}
+        if config_file is not None:
+            merged.update(_read_yaml(config_file))
+            # A file written by to_yaml() names its method; it must match the trainer it is given to.
+            method = merged.pop("method", cls.method)
+            if method != cls.method:
+                raise ConfigError(str(config_file), f"is a {method!r} config, not {cls.method!r}")
+        merged.update(parse_overrides(overrides))
+        merged.update(values)
+        return build_config(cls, merged)
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(str(path), f"must hold a mapping of field: value, got {type(data).__name__}")
+    return dict(data)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["beta=0.04", "dimensions=[realism]"]`` -> ``{"beta": 0.04, "dimensions": ["realism"]}``."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(item, "overrides must look like key=value")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(item, f"value is not valid YAML: {exc}") from None
+    return out
+
+
+def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
+    """``cls(**values)`` after rejecting unknown keys and checking each value against its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        close = {k: _closest(k, fields) for k in unknown}
+        hints = "; ".join(f"{k!r}" + (f" (did you mean {c!r}?)" if c else "") for k, c in close.items())
+        raise ConfigError(
+            cls.method, f"unknown config key(s) {hints}; see `zreward train {cls.method} --help-config`"
+        )
+    hints = typing.get_type_hints(cls)
+    checked = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+    try:
+        return cls(**checked)
+    except TypeError as exc:  # e.g. a required field left out
+        raise ConfigError(cls.method, str(exc)) from None
+
+
+def _closest(key: str, fields: Mapping[str, Any]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.7)
+    return match[0] if match else None
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation (int, float, str, bool, list[...], X | None)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(name, value, option)
+            except ConfigError as exc:
+                errors.append(exc.reason)
+        raise ConfigError(name, errors[0] if len(errors) == 1 else f"no allowed type fits {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"must be a list, got {value!r}")
+        (item_type,) = args or (Any,)
+        return [_coerce(name, v, item_type) for v in value]
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-3" (no dot) as a string; accept what float() accepts
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(name, f"must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(name, f"unsupported field type {annotation!r}")  # a config-class bug

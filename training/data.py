@@ -1,0 +1,297 @@
+"""Training views of a dataset (``zreward_deploy.data`` records): student items, teacher pairs and
+distillation items, each turned into tensors by index so that a trainer can ask for any global batch.
+
+* :class:`StudentData`: one item per record, all dimensions at once (the student's one-pass layout):
+  ``pixel_values [B, 3, S, S]``, the prompt ids, and per dimension a label, a mask (is it labelled?) and
+  the soft target (``ScoreScale.soft_target``) ``[B, D, K]``. Distillation swaps the labels for
+  teacher distributions (``targets=``).
+* :class:`PairData`: one item per same-prompt pair on one dimension (``build_pairs``), oriented so that
+  ``w`` is the higher-scored image: the GDSO/GRPO training instance (p, I_w, I_l, ŝ_w, ŝ_l, d).
+* :class:`ItemData`: one item per (record, dimension), labels not needed: the RISD cache and OPD.
+
+Images are decoded once and kept resized to the model's resolution, still in [0, 1]
+(:class:`ImageCache`); normalising them later gives exactly the pixels of the scoring path
+(``ZRewardProcessor.pixel_values``: resize, then normalise). The datasets here are small (the synthetic
+set is a few hundred 64-px images); a large real dataset would stream instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from zreward_deploy.data import Record, build_pairs
+from zreward_deploy.errors import ZRewardInputError
+from zreward_deploy.processing import ZRewardProcessor, preprocess_tensor
+
+
+class ImageCache:
+    """Decoded images resized to the model's resolution, ``[3, S, S]`` in [0, 1], cached by record index."""
+
+    def __init__(self, records: Sequence[Record], processor: ZRewardProcessor):
+        self.records = records
+        self.processor = processor
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def get(self, index: int) -> torch.Tensor:
+        if index not in self._cache:
+            record = self.records[index]
+            x = self.processor.image_tensor(record.image_path, item=record.id)
+            size = self.processor.config.image_size
+            # mean 0 / std 1: only the resize; the normalisation happens in pixel_values()
+            self._cache[index] = preprocess_tensor(x.unsqueeze(0), size, (0.0,) * 3, (1.0,) * 3)[0]
+        return self._cache[index]
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """``[B, 3, S, S]`` in [0, 1]."""
+        return torch.stack([self.get(i) for i in indices])
+
+    def pixel_values(self, indices: Sequence[int]) -> torch.Tensor:
+        """``[B, 3, S, S]`` normalised model inputs."""
+        return self.processor.preprocess_tensor(self.images(indices))
+
+
+def resolve_dimensions(
+    processor: ZRewardProcessor, records: Sequence[Record] | None, dimensions: Sequence[str] | None
+) -> list[str]:
+    """The dimensions to train on, in rubric order: ``dimensions`` if given (each must be in the
+    rubric), else every rubric dimension the records label (all rubric dimensions when ``records`` is
+    ``None``: distillation needs no labels)."""
+    rubric = processor.config.get_rubric()
+    if dimensions is not None:
+        return [d.name for d in rubric.select(list(dimensions))]
+    if records is None:
+        return rubric.names
+    labelled = {d for r in records for d in r.dimensions}
+    names = [n for n in rubric.names if n in labelled]
+    if not names:
+        raise ZRewardInputError("dimensions", "the training records label none of the rubric's dimensions")
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Student items
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudentBatch:
+    """B student items over D dimensions.
+
+    Attributes:
+        ids: record ids.
+        pixel_values: ``[B, 3, S, S]``.
+        input_ids, attention_mask: ``[B, L]`` the student prompt part, right-padded.
+        labels: ``[B, D]`` human scores (NaN where unlabelled; NaN everywhere for distillation).
+        mask: ``[B, D]`` bool, True where the item has a target on that dimension.
+        targets: ``[B, D, K]`` soft targets (label two-hots, or teacher distributions); 0 rows where masked.
+    """
+
+    ids: list[str]
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    targets: torch.Tensor
+
+
+class StudentData:
+    """Records as student items (all ``dimensions`` per item).
+
+    Args:
+        records: the split's records.
+        processor: the model's processor (templates, score scale, image size).
+        dimensions: the D dimensions, in the order of the model's suffixes.
+        label_source: which human score is the label (:meth:`Record.human_score`; ``"scores"`` =
+            the aggregated training label).
+        targets: for distillation, ``{(record id, dimension): probs [K]}`` replacing the labels; a pair
+            missing from it is masked.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        processor: ZRewardProcessor,
+        dimensions: Sequence[str],
+        label_source: str = "scores",
+        targets: Mapping[tuple[str, str], torch.Tensor] | None = None,
+    ):
+        self.records = list(records)
+        self.processor = processor
+        self.dimensions = list(dimensions)
+        self.scale = processor.config.get_score_scale()
+        self.images = ImageCache(self.records, processor)
+        self.prompt_ids = [processor.prompt_ids(r.prompt, item=r.id) for r in self.records]
+        d, k = len(self.dimensions), self.scale.num_scores
+        self.labels = torch.full((len(self.records), d), math.nan)
+        self.mask = torch.zeros(len(self.records), d, dtype=torch.bool)
+        self.targets = torch.zeros(len(self.records), d, k)
+        for i, record in enumerate(self.records):
+            for j, name in enumerate(self.dimensions):
+                if targets is not None:
+                    probs = targets.get((record.id, name))
+                    if probs is not None:
+                        self.targets[i, j] = torch.as_tensor(probs, dtype=torch.float32)
+                        self.mask[i, j] = True
+                    continue
+                label = record.human_score(name, label_source)
+                if label is not None:
+                    self.labels[i, j] = label
+                    self.mask[i, j] = True
+                    self.targets[i, j] = self.scale.soft_target(label)
+        if not self.mask.any():
+            raise ZRewardInputError("data", f"no record has a target on any of {self.dimensions}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def batch(self, indices: Sequence[int]) -> StudentBatch:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        input_ids, attention_mask = self.processor.pad([self.prompt_ids[i] for i in indices])
+        return StudentBatch(
+            ids=[self.records[i].id for i in indices],
+            pixel_values=self.images.pixel_values(indices),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=self.labels[idx],
+            mask=self.mask[idx],
+            targets=self.targets[idx],
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher pairs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """Indices (into the records) of the higher-scored image ``w`` and the other one ``l``."""
+
+    w: int
+    l: int  # noqa: E741 (the paper's name)
+    dimension: str
+    label_w: float
+    label_l: float
+
+
+@dataclass
+class PairBatch:
+    """B pairs (each on its own dimension).
+
+    Attributes:
+        images_w, images_l: ``[B, 3, S, S]`` in [0, 1] (``generate_reasoning`` normalises them).
+        prompts: B prompt texts (one per pair: both images share it).
+        dimensions: B dimension names.
+        label_w, label_l: ``[B]`` labels ŝ_w > ŝ_l.
+        target_w, target_l: ``[B, K]`` their soft targets.
+    """
+
+    images_w: torch.Tensor
+    images_l: torch.Tensor
+    prompts: list[str]
+    dimensions: list[str]
+    label_w: torch.Tensor
+    label_l: torch.Tensor
+    target_w: torch.Tensor
+    target_l: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class PairData:
+    """Same-prompt pairs with different labels on each of ``dimensions``.
+
+    Args:
+        records: the split's records.
+        processor: the model's processor.
+        dimensions: dimensions to pair on.
+        label_source: which human score is the label (``"scores"``: the training label).
+        min_gap: keep pairs with ``|ŝ_w − ŝ_l| > min_gap``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        processor: ZRewardProcessor,
+        dimensions: Sequence[str],
+        label_source: str = "scores",
+        min_gap: float = 0.0,
+    ):
+        self.records = list(records)
+        self.processor = processor
+        self.scale = processor.config.get_score_scale()
+        self.images = ImageCache(self.records, processor)
+        self.pairs = []
+        for p in build_pairs(self.records, list(dimensions), source=label_source, min_gap=min_gap):
+            if p.score_a > p.score_b:
+                self.pairs.append(TrainingPair(p.a, p.b, p.dimension, p.score_a, p.score_b))
+            else:
+                self.pairs.append(TrainingPair(p.b, p.a, p.dimension, p.score_b, p.score_a))
+        if not self.pairs:
+            raise ZRewardInputError(
+                "data", f"no same-prompt pair with different labels on {list(dimensions)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: Sequence[int]) -> PairBatch:
+        pairs = [self.pairs[i] for i in indices]
+        label_w = torch.tensor([p.label_w for p in pairs], dtype=torch.float32)
+        label_l = torch.tensor([p.label_l for p in pairs], dtype=torch.float32)
+        return PairBatch(
+            images_w=self.images.images([p.w for p in pairs]),
+            images_l=self.images.images([p.l for p in pairs]),
+            prompts=[self.records[p.w].prompt for p in pairs],
+            dimensions=[p.dimension for p in pairs],
+            label_w=label_w,
+            label_l=label_l,
+            target_w=self.scale.soft_target(label_w),
+            target_l=self.scale.soft_target(label_l),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Distillation items (no labels)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemBatch:
+    """B (image, prompt, dimension) items: ``images [B, 3, S, S]`` in [0, 1], ids, prompts, dimensions."""
+
+    ids: list[str]
+    images: torch.Tensor
+    prompts: list[str]
+    dimensions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ItemData:
+    """Every (record, dimension) of ``records`` × ``dimensions``, record-major."""
+
+    def __init__(self, records: Sequence[Record], processor: ZRewardProcessor, dimensions: Sequence[str]):
+        self.records = list(records)
+        self.dimensions = list(dimensions)
+        self.images = ImageCache(self.records, processor)
+        self.items = [(i, d) for i in range(len(self.records)) for d in self.dimensions]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, indices: Sequence[int]) -> ItemBatch:
+        chosen = [self.items[i] for i in indices]
+        return ItemBatch(
+            ids=[self.records[r].id for r, _ in chosen],
+            images=self.images.images([r for r, _ in chosen]),
+            prompts=[self.records[r].prompt for r, _ in chosen],
+            dimensions=[d for _, d in chosen],
+        )

@@ -1,0 +1,370 @@
+"""GDSO: the teacher's training (PAPER.md §3, Algorithm 1); with α = 0 it is the GRPO baseline.
+
+::
+
+    for each outer iteration (every `steps_per_iteration` steps):
+        π_ref ← π_θ
+        for each step:
+            sample a global batch of pairs (p, I_w, I_l, ŝ_w, ŝ_l, d)
+            π_old ← π_θ
+            G traces per side from π_old; q, μ of each (training/rollouts.py)
+            r = λ_pt r_pt + λ_pw r_pw;  advantages per side group            (Eqs. 7, 10, 13, 3)
+            repeat K_gdso = `inner_updates` times:
+                L = L_GRPO + α_pt L_CE + α_pw L_gap, all recomputed under π_θ  (Eq. 14)
+                one AdamW update
+
+* ``L_GRPO`` = :func:`~.losses.policy_gradient_loss` on the reasoning tokens (clipped ratio against
+  π_old, k3 KL to π_ref with weight β; the score token only with ``include_score_token``).
+* ``L_CE``, ``L_gap`` are computed on the score distributions read after the *sampled* traces,
+  recomputed under π_θ at every inner update (:func:`~.losses.gdso_loss`); their gradient reaches the
+  score-token logits and, through the hidden states, the reasoning prefix.
+* π_old's log-probs are those of the first inner update (π_θ = π_old then), detached and kept; π_ref is
+  a frozen copy refreshed at each outer iteration and saved in checkpoints (it is not recoverable from
+  π_θ); with β = 0 none is kept.
+
+Defaults (the paper gives none; PAPER.md §3 suggests G = 8, β ≈ 0.01–0.04, λ_pt = λ_pw = 0.5,
+α_pt ≈ α_pw ≈ 0.1–1, temperature 1.0): G = 4 (8 doubles the cost of a step on a CPU for a small gain in
+advantage resolution), β = 0.02, λ_pt = λ_pw = 0.5, α_pt = α_pw = 0.5, K = 2 inner updates (so that
+the clipped ratio matters, as Algorithm 1's π_old implies), a reference reset every 50 steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from zreward_deploy.data import load_split
+
+from .common import (
+    EpochSampler,
+    TrainingForward,
+    build_optimizer,
+    build_scheduler,
+    derive_seed,
+    frozen_copy,
+    grad_norm_and_clip,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    start_run,
+)
+from .config import ConfigError, TrainConfig
+from .data import PairData, resolve_dimensions
+from .losses import NORMALIZATIONS, gdso_loss, pointwise_reward, policy_gradient_loss
+from .rollouts import PairRollout, SamplingConfig, frozen_pass, policy_logprobs, sample_pair_rollouts
+from .sft import TrainResult, finish_run
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class GDSOConfig(TrainConfig):
+    """GDSO (Algorithm 1). ``batch_size`` counts pairs; each pair costs 2·G traces."""
+
+    method: ClassVar[str] = "gdso"
+
+    learning_rate: float = field(default=3e-4, metadata=_h("peak AdamW learning rate"))
+    batch_size: int = field(
+        default=8, metadata=_h("global batch of pairs per step (split evenly across processes)")
+    )
+    group_size: int = field(default=4, metadata=_h("G: reasoning traces sampled per side of each pair"))
+    inner_updates: int = field(
+        default=2, metadata=_h("K_gdso: optimizer updates per sampled batch (π_old fixed across them)")
+    )
+    steps_per_iteration: int = field(
+        default=50, metadata=_h("M: steps per outer iteration; π_ref ← π_θ at the start of each")
+    )
+    beta: float = field(default=0.02, metadata=_h("β: weight of the k3 KL to π_ref (0 = no reference model)"))
+    lambda_pt: float = field(default=0.5, metadata=_h("λ_pt: weight of the pointwise reward r_pt"))
+    lambda_pw: float = field(default=0.5, metadata=_h("λ_pw: weight of the pairwise reward r_pw"))
+    alpha_pt: float = field(default=0.5, metadata=_h("α_pt: weight of the pointwise CE loss L_CE"))
+    alpha_pw: float = field(default=0.5, metadata=_h("α_pw: weight of the score-gap loss L_gap"))
+    eps_low: float = field(default=0.2, metadata=_h("lower clip of the importance ratio (1 − ε_low)"))
+    eps_high: float = field(default=0.2, metadata=_h("upper clip of the importance ratio (1 + ε_high)"))
+    normalization: str = field(
+        default="sequence_mean",
+        metadata=_h(
+            f"policy-loss reduction, one of {NORMALIZATIONS}: sequence_mean (GRPO), token_mean (DAPO), "
+            "sequence_sum (Eq. 4 literally). Only sequence_mean and sequence_sum give the same update "
+            "for any split over processes (token_mean normalises by each process's token count)"
+        ),
+    )
+    advantage_eps: float = field(default=1e-4, metadata=_h("ε added to the group std of the rewards"))
+    max_new_tokens: int = field(default=32, metadata=_h("longest reasoning trace sampled (tokens)"))
+    temperature: float = field(default=1.0, metadata=_h("sampling temperature of the reasoning"))
+    top_p: float = field(default=1.0, metadata=_h("nucleus sampling threshold of the reasoning"))
+    include_score_token: bool = field(
+        default=False,
+        metadata=_h(
+            "also put a score token sampled from q into the policy-gradient term (by default only the "
+            "reasoning tokens are policy tokens: the reward depends on q, not on a sampled digit)"
+        ),
+    )
+    label_source: str = field(
+        default="scores", metadata=_h("which human score is the label (scores, annotations or auto)")
+    )
+    min_gap: float = field(default=0.0, metadata=_h("train on pairs whose labels differ by more than this"))
+    rollout_chunk: int = field(
+        default=8,
+        metadata=_h(
+            "pairs per generation chunk (one generate call per dimension in a chunk); traces do not "
+            "depend on the number of processes when each process's share of the batch is a multiple of it"
+        ),
+    )
+    eval_samples: int = field(default=1, metadata=_h("reasoning traces averaged per item when evaluating"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ConfigError("data", "is required (a dataset folder)")
+        for name in (
+            "group_size",
+            "inner_updates",
+            "steps_per_iteration",
+            "max_new_tokens",
+            "eval_samples",
+            "rollout_chunk",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "beta",
+            "lambda_pt",
+            "lambda_pw",
+            "alpha_pt",
+            "alpha_pw",
+            "eps_low",
+            "eps_high",
+            "min_gap",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if not self.advantage_eps > 0:
+            raise ConfigError("advantage_eps", f"must be > 0, got {self.advantage_eps}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError("normalization", f"must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature/top_p", "need temperature > 0 and 0 < top_p <= 1")
+        if self.label_source not in ("scores", "annotations", "auto"):
+            raise ConfigError(
+                "label_source", f"must be scores, annotations or auto, got {self.label_source!r}"
+            )
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.include_score_token)
+
+
+def train_gdso(cfg: GDSOConfig) -> TrainResult:
+    """Run GDSO (or GRPO, with a :class:`~.grpo.GRPOConfig`); the model is saved to ``output_dir/model``."""
+    run = start_run(cfg)
+    model, processor = load_model(cfg.model, seed=cfg.seed)
+    scale = model.config.get_score_scale()
+    records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=model.config.get_rubric())
+    dims = resolve_dimensions(processor, records, cfg.dimensions)
+    data = PairData(records, processor, dims, label_source=cfg.label_source, min_gap=cfg.min_gap)
+    sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_updates=cfg.max_steps * cfg.inner_updates)
+    ref = frozen_copy(model).to(run.device) if cfg.beta > 0 else None
+    extra = {"ref_model": ref} if ref is not None else {}
+    step = 0
+    if run.resume_from is not None:
+        state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler, extra)
+        step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+    model.train()
+    wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+    history: list[dict[str, Any]] = []
+
+    def policy_pass(**inputs: Any) -> Any:
+        return wrapped("teacher", **inputs)
+
+    with run.progress(cfg.max_steps, step) as bar:
+        while step < cfg.max_steps:
+            started = time.perf_counter()
+            if ref is not None and step % cfg.steps_per_iteration == 0:
+                ref.load_state_dict(model.state_dict())  # π_ref ← π_θ (Algorithm 1, outer loop)
+            global_batch = sampler.next_batch()
+            local = run.local(global_batch)
+            offset = run.local_offset(global_batch)
+            # π_old = π_θ now: sample with the current weights, no copy needed
+            pairs = sample_pair_rollouts(
+                model,
+                processor,
+                data.batch(local),
+                cfg.group_size,
+                cfg.sampling,
+                chunk_size=cfg.rollout_chunk,
+                chunk_seed=lambda start, dim, o=offset, s=step: derive_seed(
+                    cfg.seed, "rollout", s, o + start, dim
+                ),
+                score_range=scale.range,
+                lambda_pt=cfg.lambda_pt,
+                lambda_pw=cfg.lambda_pw,
+                advantage_eps=cfg.advantage_eps,
+            )
+            sampled = time.perf_counter()
+            ref_logp = None
+            if ref is not None:
+                ref_logp = policy_logprobs(frozen_pass(ref, processor), pairs.rollout, run.device)[0]
+            logs = _inner_updates(
+                run, cfg, wrapped, optimizer, scheduler, policy_pass, pairs, ref_logp, scale.range
+            )
+            step += 1
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - started
+                row = run.mean_over_processes({**logs, **_rollout_stats(pairs, scale.range)})
+                tokens = run.global_count(pairs.rollout.num_generated_tokens)
+                row.update(
+                    lr=logs["lr"],
+                    grad_norm=logs["grad_norm"],
+                    tokens_per_s=float(tokens) / elapsed,
+                    pairs_per_s=len(global_batch) / elapsed,
+                    sample_time_frac=(sampled - started) / elapsed,
+                )
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    row.update(_teacher_eval(run, cfg, model, processor, dims))
+                run.metrics.log(step, row)
+                history.append({"step": step, **row})
+                bar.set_postfix(loss=f"{row['loss']:.4f}", reward=f"{row['reward_mean']:.3f}")
+            bar.update(1)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                save_checkpoint(
+                    run,
+                    step,
+                    wrapped,
+                    model,
+                    processor,
+                    optimizer,
+                    scheduler,
+                    {"sampler": sampler.state_dict()},
+                    extra,
+                )
+    sampling = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
+    return finish_run(
+        run, wrapped, model, processor, history, step, dims, reasoning=True, reasoning_kwargs=sampling
+    )
+
+
+def _inner_updates(
+    run: Any,
+    cfg: GDSOConfig,
+    wrapped: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    policy_pass: Any,
+    pairs: PairRollout,
+    ref_logp: torch.Tensor | None,
+    score_range: float,
+) -> dict[str, float]:
+    """K_gdso updates on one sampled batch. Logs the loss terms of the first update (taken at
+    π_θ = π_old, so they are the on-policy values of the step) and those of the last one."""
+    device = run.device
+    mask = pairs.rollout.policy_mask.to(device)
+    advantages = pairs.advantages.reshape(-1).to(device)  # rows (pair, side, sample), like the rollout
+    old_logp = None
+    logs: dict[str, float] = {}
+    for k in range(cfg.inner_updates):
+        token_logp, log_q, mu = policy_logprobs(policy_pass, pairs.rollout, device)
+        pg = policy_gradient_loss(
+            token_logp,
+            advantages,
+            mask,
+            old_logp=old_logp,
+            ref_logp=None if ref_logp is None else ref_logp.to(device),
+            beta=cfg.beta,
+            eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high,
+            normalization=cfg.normalization,
+        )
+        if old_logp is None:  # first update: π_θ = π_old, so these are π_old's log-probs
+            old_logp = token_logp.detach()
+        log_q_w, log_q_l = pairs.split_sides(log_q)
+        mu_w, mu_l = pairs.split_sides(mu)
+        terms = gdso_loss(
+            pg.loss,
+            log_q_w=log_q_w,
+            log_q_l=log_q_l,
+            target_w=pairs.target_w.to(device),
+            target_l=pairs.target_l.to(device),
+            mu_w=mu_w,
+            mu_l=mu_l,
+            label_w=pairs.label_w.to(device),
+            label_l=pairs.label_l.to(device),
+            score_range=score_range,
+            alpha_pt=cfg.alpha_pt,
+            alpha_pw=cfg.alpha_pw,
+        )
+        run.accelerator.backward(terms.total)
+        grad_norm = grad_norm_and_clip(run, wrapped, cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if k == 0:
+            logs = {
+                "loss": float(terms.total.detach()),
+                "grpo": float(terms.grpo.detach()),
+                "policy": float(pg.policy.detach()),
+                "kl": float(pg.kl.detach()),
+                "ce": float(terms.ce.detach()),
+                "gap": float(terms.gap.detach()),
+                "grad_norm": grad_norm,
+                "lr": lr,
+            }
+    # the last update's terms: off-policy (ratio ≠ 1) once K > 1, so the clip and the KL show here
+    logs.update(
+        loss_last=float(terms.total.detach()),
+        policy_last=float(pg.policy.detach()),
+        kl_last=float(pg.kl.detach()),
+        clip_fraction=float(pg.clip_fraction),
+    )
+    return logs
+
+
+def _rollout_stats(pairs: PairRollout, score_range: float) -> dict[str, float]:
+    """Rewards, advantages' spread and how good the sampled scores are (for the metrics log)."""
+    r = pairs.rewards
+    mu = pairs.rollout.mu.reshape(pairs.num_pairs, 2, pairs.group_size)
+    labels = torch.stack([pairs.label_w, pairs.label_l], dim=1)
+    r_pt = pointwise_reward(mu.reshape(-1, pairs.group_size), labels.reshape(-1), score_range)
+    mask = pairs.rollout.reasoning_mask
+    return {
+        "reward_mean": float(r.mean()),
+        "reward_std": float(r.std(unbiased=False)),
+        "reward_group_std": float(r.std(-1, unbiased=False).mean()),
+        "reward_pt_mean": float(r_pt.mean()),
+        "advantage_abs_mean": float(pairs.advantages.abs().mean()),
+        "advantage_zero_frac": float((pairs.advantages == 0).float().mean()),
+        "mu_mae": float((mu - labels.unsqueeze(-1)).abs().mean()),
+        "pair_acc": float((mu[:, 0].unsqueeze(-1) > mu[:, 1].unsqueeze(-2)).float().mean()),
+        "reasoning_len": float(mask.sum(1).float().mean()),
+        "finished_frac": float(pairs.rollout.finished.float().mean()),
+    }
+
+
+def _teacher_eval(run: Any, cfg: Any, model: Any, processor: Any, dims: list[str]) -> dict[str, float]:
+    """``eval/...`` metrics of a reasoning model on ``cfg.eval_split`` (main process; the others wait).
+    ``cfg`` needs ``eval_samples``, ``max_new_tokens`` and ``seed`` (GDSO, GRPO and OPD configs)."""
+    from .common import evaluate_scorer
+    from .rollouts import ReasoningScorer
+    from .sft import _eval_records, _restrict
+
+    out: dict[str, float] = {}
+    if run.is_main:
+        was_training = model.training
+        scorer = ReasoningScorer(
+            model, processor, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
+        )
+        records = _restrict(_eval_records(cfg, model), dims)
+        out = {f"eval/{k}": v for k, v in evaluate_scorer(scorer, records).items()}
+        model.train(was_training)
+    run.barrier()
+    return out

@@ -1,0 +1,194 @@
+"""OPD baseline: on-policy distillation of a reasoning teacher into a reasoning student (PAPER.md §5).
+
+Per step, for a batch of (image, prompt, dimension) items (labels not needed):
+
+1. the student samples its own trajectory with the teacher template: reasoning, then a score token
+   s ~ q_S read after it (``include_score_token``, on by default: without it only the reasoning text
+   would be distilled, not the judgement);
+2. the frozen teacher teacher-forces the same tokens: ``log π_T(y_t | y_<t)`` (for the score token the
+   restricted read-out ``log q_T(s)``);
+3. per-token advantage ``A_t = log π_T − log π_S,old`` (stop-gradient; :func:`~.losses.opd_advantages`)
+   and loss ``−(1/T) Σ_t A_t log π_S(y_t | y_<t)`` (:func:`~.losses.opd_loss`), one update per batch
+   (π_S,old = π_S at that update, so this is on-policy).
+
+The OPD student still reasons at inference (scored like a teacher, ``ReasoningScorer``). Teacher and
+student must share the tokenizer and the score scale (the teacher scores the student's token ids);
+the teacher sees the student's images resized to its own resolution.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from zreward_deploy.data import load_split
+
+from .common import (
+    EpochSampler,
+    TrainingForward,
+    build_optimizer,
+    build_scheduler,
+    derive_seed,
+    frozen_copy,
+    grad_norm_and_clip,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    start_run,
+)
+from .config import ConfigError, TrainConfig
+from .data import ItemData, resolve_dimensions
+from .gdso import _teacher_eval
+from .losses import opd_advantages, opd_loss
+from .rollouts import SamplingConfig, frozen_pass, policy_logprobs, sample_item_rollouts
+from .sft import TrainResult, finish_run
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class OPDConfig(TrainConfig):
+    """OPD: the student samples, the teacher grades every token, reverse-KL policy gradient."""
+
+    method: ClassVar[str] = "opd"
+
+    teacher: str = field(
+        default="", metadata=_h("teacher model directory (required), e.g. a GDSO run's model/")
+    )
+    learning_rate: float = field(default=3e-4, metadata=_h("peak AdamW learning rate"))
+    max_new_tokens: int = field(default=32, metadata=_h("longest student reasoning trace (tokens)"))
+    temperature: float = field(default=1.0, metadata=_h("student sampling temperature"))
+    top_p: float = field(default=1.0, metadata=_h("student nucleus sampling threshold"))
+    include_score_token: bool = field(
+        default=True,
+        metadata=_h(
+            "distil the sampled score token too (its log q under teacher and student), not only the reasoning"
+        ),
+    )
+    rollout_chunk: int = field(
+        default=16,
+        metadata=_h(
+            "items per generation chunk; traces do not depend on the number of processes when each "
+            "process's share of the batch is a multiple of it"
+        ),
+    )
+    eval_samples: int = field(default=1, metadata=_h("reasoning traces averaged per item when evaluating"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ConfigError("data", "is required (a dataset folder; its labels are not used)")
+        if not self.teacher:
+            raise ConfigError("teacher", "is required (the teacher model directory)")
+        for name in ("max_new_tokens", "rollout_chunk", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature/top_p", "need temperature > 0 and 0 < top_p <= 1")
+
+
+def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> None:
+    if s_proc.tokenizer.get_vocab() != t_proc.tokenizer.get_vocab():
+        raise ConfigError("teacher", "OPD needs the teacher to share the student's tokenizer")
+    if student.config.get_score_scale() != teacher.config.get_score_scale():
+        raise ConfigError("teacher", "OPD needs the teacher to share the student's score scale")
+
+
+def train_opd(cfg: OPDConfig) -> TrainResult:
+    """Run OPD; the (reasoning) student is saved to ``output_dir/model``."""
+    run = start_run(cfg)
+    model, processor = load_model(cfg.model, seed=cfg.seed)
+    teacher, t_proc = load_model(cfg.teacher)
+    teacher = frozen_copy(teacher).to(run.device)
+    _check_compatible(model, processor, teacher, t_proc)
+    records = load_split(
+        cfg.data, cfg.train_split, scale=model.config.get_score_scale(), rubric=model.config.get_rubric()
+    )
+    dims = resolve_dimensions(processor, None, cfg.dimensions)
+    data = ItemData(records, processor, dims)
+    sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_updates=cfg.max_steps)
+    step = 0
+    if run.resume_from is not None:
+        state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler)
+        step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+    model.train()
+    wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.include_score_token)
+    teacher_pass = frozen_pass(teacher, t_proc)
+    history: list[dict[str, Any]] = []
+
+    def student_pass(**inputs: Any) -> Any:
+        return wrapped("teacher", **inputs)
+
+    with run.progress(cfg.max_steps, step) as bar:
+        while step < cfg.max_steps:
+            started = time.perf_counter()
+            global_batch = sampler.next_batch()
+            local = run.local(global_batch)
+            offset = run.local_offset(global_batch)
+            rollout = sample_item_rollouts(
+                model,
+                processor,
+                data.batch(local),
+                sampling,
+                chunk_size=cfg.rollout_chunk,
+                chunk_seed=lambda start, dim, o=offset, s=step: derive_seed(
+                    cfg.seed, "opd", s, o + start, dim
+                ),
+            )
+            mask = rollout.policy_mask.to(run.device)
+            teacher_logp, _, teacher_mu = policy_logprobs(teacher_pass, rollout, run.device, t_proc)
+            student_logp, _, student_mu = policy_logprobs(student_pass, rollout, run.device)
+            advantages = opd_advantages(teacher_logp, student_logp.detach(), mask)
+            loss = opd_loss(student_logp, advantages, mask)
+            run.accelerator.backward(loss)
+            grad_norm = grad_norm_and_clip(run, wrapped, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                valid = mask.sum().clamp(min=1)
+                stats = {
+                    "loss": float(loss.detach()),
+                    # mean over tokens of log π_T − log π_S: minus a per-token reverse-KL estimate
+                    "advantage_mean": float(advantages.sum() / valid),
+                    "teacher_mu_mae": float((student_mu.detach() - teacher_mu).abs().mean()),
+                    "reasoning_len": float(rollout.reasoning_mask.sum(1).float().mean()),
+                }
+                if cfg.include_score_token:
+                    stats["score_token_advantage"] = float(advantages[:, -1].mean())
+                row = run.mean_over_processes(stats)
+                elapsed = time.perf_counter() - started
+                tokens = run.global_count(rollout.num_generated_tokens)
+                row.update(lr=lr, grad_norm=grad_norm, tokens_per_s=float(tokens) / elapsed,
+                           items_per_s=len(global_batch) / elapsed)  # fmt: skip
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    row.update(_teacher_eval(run, cfg, model, processor, dims))
+                run.metrics.log(step, row)
+                history.append({"step": step, **row})
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                save_checkpoint(
+                    run,
+                    step,
+                    wrapped,
+                    model,
+                    processor,
+                    optimizer,
+                    scheduler,
+                    {"sampler": sampler.state_dict()},
+                )
+    sampling_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
+    return finish_run(
+        run, wrapped, model, processor, history, step, dims, reasoning=True, reasoning_kwargs=sampling_kw
+    )

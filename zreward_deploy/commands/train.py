@@ -1,0 +1,76 @@
+"""``zreward train sft|grpo|gdso|risd|opd [--config FILE] [key=value ...]``: run a trainer (docs/training.md).
+
+The config is the trainer's dataclass: defaults, overridden by ``--config FILE`` (YAML), overridden by
+``key=value`` (values parsed as YAML). Unknown keys are errors. ``--help-config`` lists every field with
+its default and help; ``--print-config`` prints the resolved config and exits. Multi-process:
+``accelerate launch --num_processes 2 --cpu -m zreward_deploy.cli train sft ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# method -> (module, config class, train function); imported only when the command runs
+TRAINERS: dict[str, tuple[str, str, str]] = {
+    "sft": ("zreward_deploy.training.sft", "SFTConfig", "train_sft"),
+    "grpo": ("zreward_deploy.training.grpo", "GRPOConfig", "train_grpo"),
+    "gdso": ("zreward_deploy.training.gdso", "GDSOConfig", "train_gdso"),
+    "risd": ("zreward_deploy.training.risd", "RISDConfig", "train_risd"),
+    "opd": ("zreward_deploy.training.opd", "OPDConfig", "train_opd"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a reward model: sft, grpo, gdso (teachers/baselines), risd, opd (students)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("method", choices=sorted(TRAINERS), help="training method")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (YAML values)")
+    p.add_argument("--config", metavar="FILE", help="YAML file of config values")
+    p.add_argument("--help-config", action="store_true", help="list the method's config fields and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run_train)
+
+
+def load_trainer(method: str) -> tuple[type, object]:
+    """The config class and train function of a method."""
+    import importlib
+
+    module_name, config_name, fn_name = TRAINERS[method]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, fn_name)
+
+
+def format_config_help(config_cls: type) -> str:
+    import dataclasses
+
+    lines = [f"{config_cls.method} config fields (name: type = default -- help):"]
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        lines.append(f"  {f.name}: {f.type} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config_cls, train = load_trainer(args.method)
+    if args.help_config:
+        print(format_config_help(config_cls))
+        return 0
+    cfg = config_cls.from_sources(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    result = train(cfg)
+    print(f"{args.method}: {result.steps} steps; model saved to {result.model_dir}")
+    print(f"metrics: {result.output_dir / 'metrics.jsonl'}")
+    if result.final_eval:
+        print(
+            "final eval ("
+            + cfg.eval_split
+            + "): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.final_eval.items())
+        )
+    return 0
