@@ -1,6 +1,7 @@
 """What every trainer shares, kept small and explicit: the run (accelerate, seeding, output folder),
-model loading, optimizer and schedule, the data order, atomic checkpoints with exact resume, and the
-metrics log (JSONL, progress bar, optional TensorBoard).
+model loading, optimizer and schedule, the data order, atomic checkpoints with exact resume, the
+metrics log (JSONL, progress bar, optional TensorBoard), the loop's plumbing (:class:`TrainLoop`: what
+each trainer does around its own loss) and evaluation during and after training.
 
 Multi-process runs (``accelerate launch``, ``torchrun``) use the same code as one process:
 
@@ -538,6 +539,144 @@ def grad_norm_and_clip(run: Run, wrapped: nn.Module, max_norm: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
+# The loop's plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainLoop:
+    """What every trainer's loop does around its own loss: the data order, AdamW and its schedule,
+    resume, the ``accelerate``-prepared model, one optimizer update, the metrics row, checkpoints, and
+    the final model. A trainer reads as::
+
+        loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps)
+        with run.progress(cfg.max_steps, loop.step) as bar:
+            while loop.step < cfg.max_steps:
+                batch = data.batch(run.local(loop.sampler.next_batch()))
+                loss = ...                              # the method
+                grad_norm, lr = loop.update(loss)
+                loop.step += 1
+                if loop.log_due:
+                    loop.log({...}, bar, "loss")
+                loop.end_step(bar)
+        return loop.finish(dims, reasoning=False)
+    """
+
+    run: Run
+    model: ZRewardModel
+    processor: ZRewardProcessor
+    sampler: EpochSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    wrapped: nn.Module
+    extra_models: Mapping[str, ZRewardModel]
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        run: Run,
+        model: ZRewardModel,
+        processor: ZRewardProcessor,
+        num_items: int,
+        total_updates: int,
+        extra_models: Mapping[str, ZRewardModel] | None = None,
+    ) -> TrainLoop:
+        """Build the sampler, optimizer and schedule; restore them (and ``extra_models``, e.g. GDSO's
+        π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``."""
+        cfg = run.config
+        extra_models = dict(extra_models or {})
+        sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, total_updates=total_updates)
+        step = 0
+        if run.resume_from is not None:
+            state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler, extra_models)
+            step = state["step"]
+            sampler.load_state_dict(state["sampler"])
+        model.train()
+        wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+        return cls(run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step)
+
+    def update(self, loss: torch.Tensor) -> tuple[float, float]:
+        """Backward, clip, one optimizer and schedule step. Returns (grad norm before clipping, the lr
+        this update used)."""
+        self.run.accelerator.backward(loss)
+        grad_norm = grad_norm_and_clip(self.run, self.wrapped, self.run.config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, lr
+
+    @property
+    def log_due(self) -> bool:
+        cfg = self.run.config
+        return self.step % cfg.log_every == 0 or self.step == cfg.max_steps
+
+    @property
+    def eval_due(self) -> bool:
+        every = self.run.config.eval_every
+        return bool(every) and self.step % every == 0
+
+    def log(self, row: Mapping[str, Any], bar: Any, *postfix: str) -> None:
+        """Write ``row`` to metrics.jsonl and the history; show the ``postfix`` keys on the bar."""
+        self.run.metrics.log(self.step, row)
+        self.history.append({"step": self.step, **row})
+        bar.set_postfix({k: f"{row[k]:.4f}" for k in postfix})
+
+    def end_step(self, bar: Any) -> None:
+        """Advance the bar; write a checkpoint every ``save_every`` steps and after the last one."""
+        bar.update(1)
+        cfg = self.run.config
+        if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+            save_checkpoint(
+                self.run,
+                self.step,
+                self.wrapped,
+                self.model,
+                self.processor,
+                self.optimizer,
+                self.scheduler,
+                {"sampler": self.sampler.state_dict()},
+                self.extra_models,
+            )
+
+    def finish(
+        self, dims: list[str], reasoning: bool, reasoning_kwargs: dict[str, Any] | None = None
+    ) -> TrainResult:
+        """Save the final model to ``output_dir/model`` (atomically), evaluate it on ``eval_split``
+        when ``eval_at_end`` (after reasoning with ``reasoning``), close the logs."""
+        run = self.run
+        weights = unwrapped_state_dict(run, self.wrapped)
+        model_dir = run.output_dir / MODEL_DIR
+        if run.is_main:
+            save_model_dir(self.model, self.processor, model_dir, state_dict=weights)
+        run.barrier()
+        final_eval = None
+        if run.config.eval_at_end:
+            final_eval = evaluate_during_training(
+                run, self.model, self.processor, dims, reasoning, reasoning_kwargs, prefix=""
+            )
+            if run.is_main:
+                run.metrics.log(self.step, {f"final_eval/{k}": v for k, v in final_eval.items()})
+        run.metrics.close()
+        return TrainResult(run.output_dir, model_dir, self.step, self.history, final_eval or None)
+
+
+@dataclass
+class TrainResult:
+    """What a trainer returns: where things are and what was logged."""
+
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    history: list[dict[str, Any]]
+    final_eval: dict[str, float] | None = None
+
+
+# --------------------------------------------------------------------------------------------------
 # Evaluation during / after training
 # --------------------------------------------------------------------------------------------------
 
@@ -550,3 +689,53 @@ def evaluate_scorer(scorer: Any, records: Sequence[Any], batch_size: int = 32) -
 
     ev = evaluate(scorer, records, batch_size=batch_size)
     return {k: float(ev.metrics[k]) for k in REPORTED_METRICS}
+
+
+def eval_records(cfg: TrainConfig, model: ZRewardModel, dims: Sequence[str]) -> list[Any]:
+    """``cfg.eval_split``'s records that carry a label in ``dims``, their labels limited to ``dims``
+    (evaluate what was trained)."""
+    import dataclasses
+
+    from zreward_deploy.data import load_split
+
+    c = model.config
+    records = load_split(cfg.data, cfg.eval_split, scale=c.get_score_scale(), rubric=c.get_rubric())
+    return [
+        dataclasses.replace(
+            r,
+            scores={k: v for k, v in r.scores.items() if k in dims},
+            annotations={k: v for k, v in r.annotations.items() if k in dims},
+        )
+        for r in records
+        if any(d in r.dimensions for d in dims)
+    ]
+
+
+def evaluate_during_training(
+    run: Run,
+    model: ZRewardModel,
+    processor: ZRewardProcessor,
+    dims: Sequence[str],
+    reasoning: bool,
+    reasoning_kwargs: Mapping[str, Any] | None = None,
+    prefix: str = "eval/",
+) -> dict[str, float]:
+    """Metrics of the model on ``eval_split`` (main process; the others wait and get ``{}``): scored
+    in one pass, or after reasoning (:class:`~.rollouts.ReasoningScorer`, seeded by ``cfg.seed``)."""
+    out: dict[str, float] = {}
+    if run.is_main:
+        was_training = model.training
+        if reasoning:
+            from .rollouts import ReasoningScorer
+
+            kwargs = dict(reasoning_kwargs or {})
+            scorer: Any = ReasoningScorer(model, processor, seed=run.config.seed, **kwargs)
+        else:
+            from zreward_deploy.scoring import Scorer
+
+            scorer = Scorer(model, processor)
+        metrics = evaluate_scorer(scorer, eval_records(run.config, model, dims))
+        out = {f"{prefix}{k}": v for k, v in metrics.items()}
+        model.train(was_training)
+    run.barrier()
+    return out

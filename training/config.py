@@ -35,8 +35,31 @@ class ConfigError(ZRewardInputError):
     """A config file or override that is not valid for the trainer (unknown key, wrong type, bad value)."""
 
 
-def _help(text: str) -> dict[str, str]:
+def help_text(text: str) -> dict[str, str]:
+    """``field(metadata=help_text("..."))``: the help ``--help-config`` prints for a field."""
     return {"help": text}
+
+
+def require_at_least(cfg: Any, minimum: float, *names: str) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``names`` below ``minimum``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(name, f"must be >= {minimum}, got {value}")
+
+
+def require_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {tuple(choices)}, got {value!r}")
+
+
+def require_sampling(temperature: float, top_p: float, name: str = "temperature/top_p") -> None:
+    """Sampling settings of a reasoning trace: temperature > 0 and 0 < top_p <= 1."""
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ConfigError(name, f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
+LABEL_SOURCES = ("scores", "annotations", "auto")
 
 
 @dataclass
@@ -48,21 +71,21 @@ class TrainConfig:
     # -- run ----------------------------------------------------------------------------------------
     output_dir: str = field(
         default="runs/train",
-        metadata=_help(
+        metadata=help_text(
             "folder for checkpoints (checkpoints/step_*), the final model (model/), metrics.jsonl and "
             "config.yaml"
         ),
     )
     seed: int = field(
         default=0,
-        metadata=_help(
+        metadata=help_text(
             "seed of everything random: model init of a preset, data order, rollout sampling (each "
             "rollout chunk's seed is derived from it, the step and the chunk's place in the global batch)"
         ),
     )
     resume: str = field(
         default="auto",
-        metadata=_help(
+        metadata=help_text(
             "'auto': continue from the latest checkpoint in output_dir if there is one (exact resume: "
             "weights, optimizer, scheduler, data order, RNG states); 'never': start from scratch and "
             "overwrite; or a path to a checkpoint folder"
@@ -72,40 +95,40 @@ class TrainConfig:
     # -- model and data ------------------------------------------------------------------------------
     model: str = field(
         default="preset:tiny",
-        metadata=_help(
+        metadata=help_text(
             "model to train: a model directory (config.json + safetensors) or 'preset:NAME' (a randomly "
             "initialised preset of zreward_deploy.presets, built with `seed`)"
         ),
     )
     data: str = field(
         default="",
-        metadata=_help("dataset folder (train.jsonl, val.jsonl, test.jsonl and images; docs/data.md)"),
+        metadata=help_text("dataset folder (train.jsonl, val.jsonl, test.jsonl and images; docs/data.md)"),
     )
-    train_split: str = field(default="train", metadata=_help("split to train on"))
+    train_split: str = field(default="train", metadata=help_text("split to train on"))
     dimensions: list[str] | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "rubric dimensions to train on (default: every dimension of the model's rubric that the data "
             "labels; for distillation every rubric dimension)"
         ),
     )
 
     # -- optimisation ----------------------------------------------------------------------------------
-    max_steps: int = field(default=100, metadata=_help("training steps (global batches) to run"))
+    max_steps: int = field(default=100, metadata=help_text("training steps (global batches) to run"))
     batch_size: int = field(
         default=16,
-        metadata=_help(
+        metadata=help_text(
             "global batch size (items, or pairs for GDSO/GRPO), split evenly across processes; must be "
             "divisible by the number of processes"
         ),
     )
-    learning_rate: float = field(default=1e-3, metadata=_help("peak AdamW learning rate"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    adam_beta1: float = field(default=0.9, metadata=_help("AdamW β1"))
-    adam_beta2: float = field(default=0.999, metadata=_help("AdamW β2"))
+    learning_rate: float = field(default=1e-3, metadata=help_text("peak AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=help_text("AdamW weight decay"))
+    adam_beta1: float = field(default=0.9, metadata=help_text("AdamW β1"))
+    adam_beta2: float = field(default=0.999, metadata=help_text("AdamW β2"))
     adam_epsilon: float = field(
         default=1e-8,
-        metadata=_help(
+        metadata=help_text(
             "AdamW ε; Adam turns gradients far below it into updates far below the learning rate, and "
             "gradients far above it (even rounding noise on a parameter whose true gradient is 0) into "
             "updates of about the learning rate"
@@ -113,51 +136,42 @@ class TrainConfig:
     )
     lr_scheduler: str = field(
         default="constant",
-        metadata=_help(f"learning-rate schedule after warm-up: one of {LR_SCHEDULERS}"),
+        metadata=help_text(f"learning-rate schedule after warm-up: one of {LR_SCHEDULERS}"),
     )
-    warmup_steps: int = field(default=0, metadata=_help("linear warm-up, in optimizer updates"))
+    warmup_steps: int = field(default=0, metadata=help_text("linear warm-up, in optimizer updates"))
     max_grad_norm: float = field(
-        default=1.0, metadata=_help("clip the global gradient norm to this (0 = no clipping)")
+        default=1.0, metadata=help_text("clip the global gradient norm to this (0 = no clipping)")
     )
 
     # -- logging, evaluation, checkpoints --------------------------------------------------------------
-    log_every: int = field(default=1, metadata=_help("write a metrics.jsonl line every N steps"))
+    log_every: int = field(default=1, metadata=help_text("write a metrics.jsonl line every N steps"))
     eval_every: int = field(
-        default=0, metadata=_help("evaluate on eval_split every N steps (0 = never during training)")
+        default=0, metadata=help_text("evaluate on eval_split every N steps (0 = never during training)")
     )
-    eval_split: str = field(default="val", metadata=_help("split for evaluation during training"))
-    eval_at_end: bool = field(default=False, metadata=_help("evaluate on eval_split after the last step"))
+    eval_split: str = field(default="val", metadata=help_text("split for evaluation during training"))
+    eval_at_end: bool = field(default=False, metadata=help_text("evaluate on eval_split after the last step"))
     save_every: int = field(
-        default=0, metadata=_help("write a resumable checkpoint every N steps (0 = only at the end)")
+        default=0, metadata=help_text("write a resumable checkpoint every N steps (0 = only at the end)")
     )
     keep_checkpoints: int = field(
-        default=2, metadata=_help("resumable checkpoints kept in output_dir/checkpoints (oldest deleted)")
+        default=2, metadata=help_text("resumable checkpoints kept in output_dir/checkpoints (oldest deleted)")
     )
-    progress: bool = field(default=True, metadata=_help("show a progress bar (main process, on a terminal)"))
+    progress: bool = field(
+        default=True, metadata=help_text("show a progress bar (main process, on a terminal)")
+    )
     tensorboard: bool = field(
-        default=False, metadata=_help("also write TensorBoard scalars to output_dir/tensorboard")
+        default=False, metadata=help_text("also write TensorBoard scalars to output_dir/tensorboard")
     )
     num_threads: int = field(
-        default=0, metadata=_help("torch intra-op threads per process (0 = leave torch's default)")
+        default=0, metadata=help_text("torch intra-op threads per process (0 = leave torch's default)")
     )
 
     def __post_init__(self) -> None:
-        positive = {"max_steps": self.max_steps, "batch_size": self.batch_size, "log_every": self.log_every}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(name, f"must be >= 1, got {value}")
-        non_negative = {
-            "warmup_steps": self.warmup_steps,
-            "eval_every": self.eval_every,
-            "save_every": self.save_every,
-            "num_threads": self.num_threads,
-            "weight_decay": self.weight_decay,
-            "max_grad_norm": self.max_grad_norm,
-            "seed": self.seed,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(name, f"must be >= 0, got {value}")
+        require_at_least(self, 1, "max_steps", "batch_size", "log_every", "keep_checkpoints")
+        require_at_least(
+            self, 0, "warmup_steps", "eval_every", "save_every", "num_threads", "weight_decay",
+            "max_grad_norm", "seed",
+        )  # fmt: skip
         if not self.adam_epsilon > 0:
             raise ConfigError("adam_epsilon", f"must be > 0, got {self.adam_epsilon}")
         if not self.learning_rate > 0:
@@ -165,10 +179,7 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError("keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ConfigError("lr_scheduler", f"must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        require_one_of("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         if not self.output_dir:
             raise ConfigError("output_dir", "must not be empty")
         if self.dimensions is not None and not self.dimensions:

@@ -39,27 +39,26 @@ import torch
 from zreward_deploy.data import load_split
 
 from .common import (
-    EpochSampler,
-    TrainingForward,
-    build_optimizer,
-    build_scheduler,
+    TrainLoop,
+    TrainResult,
     derive_seed,
+    evaluate_during_training,
     frozen_copy,
-    grad_norm_and_clip,
-    load_checkpoint,
     load_model,
-    save_checkpoint,
     start_run,
 )
-from .config import ConfigError, TrainConfig
+from .config import (
+    LABEL_SOURCES,
+    ConfigError,
+    TrainConfig,
+    help_text,
+    require_at_least,
+    require_one_of,
+    require_sampling,
+)
 from .data import PairData, resolve_dimensions
 from .losses import NORMALIZATIONS, gdso_loss, pointwise_reward, policy_gradient_loss
 from .rollouts import PairRollout, SamplingConfig, frozen_pass, policy_logprobs, sample_pair_rollouts
-from .sft import TrainResult, finish_run
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -68,71 +67,77 @@ class GDSOConfig(TrainConfig):
 
     method: ClassVar[str] = "gdso"
 
-    learning_rate: float = field(default=3e-4, metadata=_h("peak AdamW learning rate"))
+    learning_rate: float = field(default=3e-4, metadata=help_text("peak AdamW learning rate"))
     batch_size: int = field(
-        default=8, metadata=_h("global batch of pairs per step (split evenly across processes)")
+        default=8, metadata=help_text("global batch of pairs per step (split evenly across processes)")
     )
-    group_size: int = field(default=4, metadata=_h("G: reasoning traces sampled per side of each pair"))
+    group_size: int = field(
+        default=4, metadata=help_text("G: reasoning traces sampled per side of each pair")
+    )
     inner_updates: int = field(
-        default=2, metadata=_h("K_gdso: optimizer updates per sampled batch (π_old fixed across them)")
+        default=2, metadata=help_text("K_gdso: optimizer updates per sampled batch (π_old fixed across them)")
     )
     steps_per_iteration: int = field(
-        default=50, metadata=_h("M: steps per outer iteration; π_ref ← π_θ at the start of each")
+        default=50, metadata=help_text("M: steps per outer iteration; π_ref ← π_θ at the start of each")
     )
-    beta: float = field(default=0.02, metadata=_h("β: weight of the k3 KL to π_ref (0 = no reference model)"))
-    lambda_pt: float = field(default=0.5, metadata=_h("λ_pt: weight of the pointwise reward r_pt"))
-    lambda_pw: float = field(default=0.5, metadata=_h("λ_pw: weight of the pairwise reward r_pw"))
-    alpha_pt: float = field(default=0.5, metadata=_h("α_pt: weight of the pointwise CE loss L_CE"))
-    alpha_pw: float = field(default=0.5, metadata=_h("α_pw: weight of the score-gap loss L_gap"))
-    eps_low: float = field(default=0.2, metadata=_h("lower clip of the importance ratio (1 − ε_low)"))
-    eps_high: float = field(default=0.2, metadata=_h("upper clip of the importance ratio (1 + ε_high)"))
+    beta: float = field(
+        default=0.02, metadata=help_text("β: weight of the k3 KL to π_ref (0 = no reference model)")
+    )
+    lambda_pt: float = field(default=0.5, metadata=help_text("λ_pt: weight of the pointwise reward r_pt"))
+    lambda_pw: float = field(default=0.5, metadata=help_text("λ_pw: weight of the pairwise reward r_pw"))
+    alpha_pt: float = field(default=0.5, metadata=help_text("α_pt: weight of the pointwise CE loss L_CE"))
+    alpha_pw: float = field(default=0.5, metadata=help_text("α_pw: weight of the score-gap loss L_gap"))
+    eps_low: float = field(default=0.2, metadata=help_text("lower clip of the importance ratio (1 − ε_low)"))
+    eps_high: float = field(
+        default=0.2, metadata=help_text("upper clip of the importance ratio (1 + ε_high)")
+    )
     normalization: str = field(
         default="sequence_mean",
-        metadata=_h(
+        metadata=help_text(
             f"policy-loss reduction, one of {NORMALIZATIONS}: sequence_mean (GRPO), token_mean (DAPO), "
             "sequence_sum (Eq. 4 literally). Only sequence_mean and sequence_sum give the same update "
             "for any split over processes (token_mean normalises by each process's token count)"
         ),
     )
-    advantage_eps: float = field(default=1e-4, metadata=_h("ε added to the group std of the rewards"))
-    max_new_tokens: int = field(default=32, metadata=_h("longest reasoning trace sampled (tokens)"))
-    temperature: float = field(default=1.0, metadata=_h("sampling temperature of the reasoning"))
-    top_p: float = field(default=1.0, metadata=_h("nucleus sampling threshold of the reasoning"))
+    advantage_eps: float = field(default=1e-4, metadata=help_text("ε added to the group std of the rewards"))
+    max_new_tokens: int = field(default=32, metadata=help_text("longest reasoning trace sampled (tokens)"))
+    temperature: float = field(default=1.0, metadata=help_text("sampling temperature of the reasoning"))
+    top_p: float = field(default=1.0, metadata=help_text("nucleus sampling threshold of the reasoning"))
     include_score_token: bool = field(
         default=False,
-        metadata=_h(
+        metadata=help_text(
             "also put a score token sampled from q into the policy-gradient term (by default only the "
             "reasoning tokens are policy tokens: the reward depends on q, not on a sampled digit)"
         ),
     )
     label_source: str = field(
-        default="scores", metadata=_h("which human score is the label (scores, annotations or auto)")
+        default="scores", metadata=help_text("which human score is the label (scores, annotations or auto)")
     )
-    min_gap: float = field(default=0.0, metadata=_h("train on pairs whose labels differ by more than this"))
+    min_gap: float = field(
+        default=0.0, metadata=help_text("train on pairs whose labels differ by more than this")
+    )
     rollout_chunk: int = field(
         default=8,
-        metadata=_h(
+        metadata=help_text(
             "pairs per generation chunk (one generate call per dimension in a chunk); traces do not "
             "depend on the number of processes when each process's share of the batch is a multiple of it"
         ),
     )
-    eval_samples: int = field(default=1, metadata=_h("reasoning traces averaged per item when evaluating"))
+    eval_samples: int = field(
+        default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.data:
             raise ConfigError("data", "is required (a dataset folder)")
-        for name in (
-            "group_size",
-            "inner_updates",
-            "steps_per_iteration",
-            "max_new_tokens",
-            "eval_samples",
+        require_at_least(
+            self, 1, "group_size", "inner_updates", "steps_per_iteration", "max_new_tokens", "eval_samples",
             "rollout_chunk",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in (
+        )  # fmt: skip
+        require_at_least(
+            self,
+            0,
             "beta",
             "lambda_pt",
             "lambda_pw",
@@ -141,19 +146,12 @@ class GDSOConfig(TrainConfig):
             "eps_low",
             "eps_high",
             "min_gap",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        )
         if not self.advantage_eps > 0:
             raise ConfigError("advantage_eps", f"must be > 0, got {self.advantage_eps}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError("normalization", f"must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature/top_p", "need temperature > 0 and 0 < top_p <= 1")
-        if self.label_source not in ("scores", "annotations", "auto"):
-            raise ConfigError(
-                "label_source", f"must be scores, annotations or auto, got {self.label_source!r}"
-            )
+        require_one_of("normalization", self.normalization, NORMALIZATIONS)
+        require_sampling(self.temperature, self.top_p)
+        require_one_of("label_source", self.label_source, LABEL_SOURCES)
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -168,29 +166,22 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
     records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=model.config.get_rubric())
     dims = resolve_dimensions(processor, records, cfg.dimensions)
     data = PairData(records, processor, dims, label_source=cfg.label_source, min_gap=cfg.min_gap)
-    sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_updates=cfg.max_steps * cfg.inner_updates)
     ref = frozen_copy(model).to(run.device) if cfg.beta > 0 else None
     extra = {"ref_model": ref} if ref is not None else {}
-    step = 0
-    if run.resume_from is not None:
-        state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler, extra)
-        step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-    model.train()
-    wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
-    history: list[dict[str, Any]] = []
+    loop = TrainLoop.start(
+        run, model, processor, len(data), total_updates=cfg.max_steps * cfg.inner_updates, extra_models=extra
+    )
 
     def policy_pass(**inputs: Any) -> Any:
-        return wrapped("teacher", **inputs)
+        return loop.wrapped("teacher", **inputs)
 
-    with run.progress(cfg.max_steps, step) as bar:
-        while step < cfg.max_steps:
+    sampling = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
+    with run.progress(cfg.max_steps, loop.step) as bar:
+        while loop.step < cfg.max_steps:
             started = time.perf_counter()
-            if ref is not None and step % cfg.steps_per_iteration == 0:
+            if ref is not None and loop.step % cfg.steps_per_iteration == 0:
                 ref.load_state_dict(model.state_dict())  # π_ref ← π_θ (Algorithm 1, outer loop)
-            global_batch = sampler.next_batch()
+            global_batch = loop.sampler.next_batch()
             local = run.local(global_batch)
             offset = run.local_offset(global_batch)
             # π_old = π_θ now: sample with the current weights, no copy needed
@@ -201,7 +192,7 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
                 cfg.group_size,
                 cfg.sampling,
                 chunk_size=cfg.rollout_chunk,
-                chunk_seed=lambda start, dim, o=offset, s=step: derive_seed(
+                chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
                     cfg.seed, "rollout", s, o + start, dim
                 ),
                 score_range=scale.range,
@@ -213,12 +204,10 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
             ref_logp = None
             if ref is not None:
                 ref_logp = policy_logprobs(frozen_pass(ref, processor), pairs.rollout, run.device)[0]
-            logs = _inner_updates(
-                run, cfg, wrapped, optimizer, scheduler, policy_pass, pairs, ref_logp, scale.range
-            )
-            step += 1
+            logs = _inner_updates(loop, cfg, policy_pass, pairs, ref_logp, scale.range)
+            loop.step += 1
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if loop.log_due:
                 elapsed = time.perf_counter() - started
                 row = run.mean_over_processes({**logs, **_rollout_stats(pairs, scale.range)})
                 tokens = run.global_count(pairs.rollout.num_generated_tokens)
@@ -229,36 +218,16 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
                     pairs_per_s=len(global_batch) / elapsed,
                     sample_time_frac=(sampled - started) / elapsed,
                 )
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    row.update(_teacher_eval(run, cfg, model, processor, dims))
-                run.metrics.log(step, row)
-                history.append({"step": step, **row})
-                bar.set_postfix(loss=f"{row['loss']:.4f}", reward=f"{row['reward_mean']:.3f}")
-            bar.update(1)
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-                save_checkpoint(
-                    run,
-                    step,
-                    wrapped,
-                    model,
-                    processor,
-                    optimizer,
-                    scheduler,
-                    {"sampler": sampler.state_dict()},
-                    extra,
-                )
-    sampling = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
-    return finish_run(
-        run, wrapped, model, processor, history, step, dims, reasoning=True, reasoning_kwargs=sampling
-    )
+                if loop.eval_due:
+                    row.update(evaluate_during_training(run, model, processor, dims, True, sampling))
+                loop.log(row, bar, "loss", "reward_mean")
+            loop.end_step(bar)
+    return loop.finish(dims, reasoning=True, reasoning_kwargs=sampling)
 
 
 def _inner_updates(
-    run: Any,
+    loop: TrainLoop,
     cfg: GDSOConfig,
-    wrapped: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
     policy_pass: Any,
     pairs: PairRollout,
     ref_logp: torch.Tensor | None,
@@ -266,7 +235,7 @@ def _inner_updates(
 ) -> dict[str, float]:
     """K_gdso updates on one sampled batch. Logs the loss terms of the first update (taken at
     π_θ = π_old, so they are the on-policy values of the step) and those of the last one."""
-    device = run.device
+    device = loop.run.device
     mask = pairs.rollout.policy_mask.to(device)
     advantages = pairs.advantages.reshape(-1).to(device)  # rows (pair, side, sample), like the rollout
     old_logp = None
@@ -302,12 +271,7 @@ def _inner_updates(
             alpha_pt=cfg.alpha_pt,
             alpha_pw=cfg.alpha_pw,
         )
-        run.accelerator.backward(terms.total)
-        grad_norm = grad_norm_and_clip(run, wrapped, cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = loop.update(terms.total)
         if k == 0:
             logs = {
                 "loss": float(terms.total.detach()),
@@ -348,23 +312,3 @@ def _rollout_stats(pairs: PairRollout, score_range: float) -> dict[str, float]:
         "reasoning_len": float(mask.sum(1).float().mean()),
         "finished_frac": float(pairs.rollout.finished.float().mean()),
     }
-
-
-def _teacher_eval(run: Any, cfg: Any, model: Any, processor: Any, dims: list[str]) -> dict[str, float]:
-    """``eval/...`` metrics of a reasoning model on ``cfg.eval_split`` (main process; the others wait).
-    ``cfg`` needs ``eval_samples``, ``max_new_tokens`` and ``seed`` (GDSO, GRPO and OPD configs)."""
-    from .common import evaluate_scorer
-    from .rollouts import ReasoningScorer
-    from .sft import _eval_records, _restrict
-
-    out: dict[str, float] = {}
-    if run.is_main:
-        was_training = model.training
-        scorer = ReasoningScorer(
-            model, processor, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
-        )
-        records = _restrict(_eval_records(cfg, model), dims)
-        out = {f"eval/{k}": v for k, v in evaluate_scorer(scorer, records).items()}
-        model.train(was_training)
-    run.barrier()
-    return out

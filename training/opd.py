@@ -25,28 +25,18 @@ from typing import Any, ClassVar
 from zreward_deploy.data import load_split
 
 from .common import (
-    EpochSampler,
-    TrainingForward,
-    build_optimizer,
-    build_scheduler,
+    TrainLoop,
+    TrainResult,
     derive_seed,
+    evaluate_during_training,
     frozen_copy,
-    grad_norm_and_clip,
-    load_checkpoint,
     load_model,
-    save_checkpoint,
     start_run,
 )
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
 from .data import ItemData, resolve_dimensions
-from .gdso import _teacher_eval
 from .losses import opd_advantages, opd_loss
 from .rollouts import SamplingConfig, frozen_pass, policy_logprobs, sample_item_rollouts
-from .sft import TrainResult, finish_run
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -56,26 +46,28 @@ class OPDConfig(TrainConfig):
     method: ClassVar[str] = "opd"
 
     teacher: str = field(
-        default="", metadata=_h("teacher model directory (required), e.g. a GDSO run's model/")
+        default="", metadata=help_text("teacher model directory (required), e.g. a GDSO run's model/")
     )
-    learning_rate: float = field(default=3e-4, metadata=_h("peak AdamW learning rate"))
-    max_new_tokens: int = field(default=32, metadata=_h("longest student reasoning trace (tokens)"))
-    temperature: float = field(default=1.0, metadata=_h("student sampling temperature"))
-    top_p: float = field(default=1.0, metadata=_h("student nucleus sampling threshold"))
+    learning_rate: float = field(default=3e-4, metadata=help_text("peak AdamW learning rate"))
+    max_new_tokens: int = field(default=32, metadata=help_text("longest student reasoning trace (tokens)"))
+    temperature: float = field(default=1.0, metadata=help_text("student sampling temperature"))
+    top_p: float = field(default=1.0, metadata=help_text("student nucleus sampling threshold"))
     include_score_token: bool = field(
         default=True,
-        metadata=_h(
+        metadata=help_text(
             "distil the sampled score token too (its log q under teacher and student), not only the reasoning"
         ),
     )
     rollout_chunk: int = field(
         default=16,
-        metadata=_h(
+        metadata=help_text(
             "items per generation chunk; traces do not depend on the number of processes when each "
             "process's share of the batch is a multiple of it"
         ),
     )
-    eval_samples: int = field(default=1, metadata=_h("reasoning traces averaged per item when evaluating"))
+    eval_samples: int = field(
+        default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,11 +75,8 @@ class OPDConfig(TrainConfig):
             raise ConfigError("data", "is required (a dataset folder; its labels are not used)")
         if not self.teacher:
             raise ConfigError("teacher", "is required (the teacher model directory)")
-        for name in ("max_new_tokens", "rollout_chunk", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature/top_p", "need temperature > 0 and 0 < top_p <= 1")
+        require_at_least(self, 1, "max_new_tokens", "rollout_chunk", "eval_samples")
+        require_sampling(self.temperature, self.top_p)
 
 
 def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> None:
@@ -109,27 +98,18 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
     data = ItemData(records, processor, dims)
-    sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_updates=cfg.max_steps)
-    step = 0
-    if run.resume_from is not None:
-        state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler)
-        step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-    model.train()
-    wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps)
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.include_score_token)
+    eval_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
     teacher_pass = frozen_pass(teacher, t_proc)
-    history: list[dict[str, Any]] = []
 
     def student_pass(**inputs: Any) -> Any:
-        return wrapped("teacher", **inputs)
+        return loop.wrapped("teacher", **inputs)
 
-    with run.progress(cfg.max_steps, step) as bar:
-        while step < cfg.max_steps:
+    with run.progress(cfg.max_steps, loop.step) as bar:
+        while loop.step < cfg.max_steps:
             started = time.perf_counter()
-            global_batch = sampler.next_batch()
+            global_batch = loop.sampler.next_batch()
             local = run.local(global_batch)
             offset = run.local_offset(global_batch)
             rollout = sample_item_rollouts(
@@ -138,7 +118,7 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
                 data.batch(local),
                 sampling,
                 chunk_size=cfg.rollout_chunk,
-                chunk_seed=lambda start, dim, o=offset, s=step: derive_seed(
+                chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
                     cfg.seed, "opd", s, o + start, dim
                 ),
             )
@@ -147,15 +127,10 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
             student_logp, _, student_mu = policy_logprobs(student_pass, rollout, run.device)
             advantages = opd_advantages(teacher_logp, student_logp.detach(), mask)
             loss = opd_loss(student_logp, advantages, mask)
-            run.accelerator.backward(loss)
-            grad_norm = grad_norm_and_clip(run, wrapped, cfg.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+            grad_norm, lr = loop.update(loss)
+            loop.step += 1
 
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if loop.log_due:
                 valid = mask.sum().clamp(min=1)
                 stats = {
                     "loss": float(loss.detach()),
@@ -171,24 +146,8 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
                 tokens = run.global_count(rollout.num_generated_tokens)
                 row.update(lr=lr, grad_norm=grad_norm, tokens_per_s=float(tokens) / elapsed,
                            items_per_s=len(global_batch) / elapsed)  # fmt: skip
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    row.update(_teacher_eval(run, cfg, model, processor, dims))
-                run.metrics.log(step, row)
-                history.append({"step": step, **row})
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-            bar.update(1)
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-                save_checkpoint(
-                    run,
-                    step,
-                    wrapped,
-                    model,
-                    processor,
-                    optimizer,
-                    scheduler,
-                    {"sampler": sampler.state_dict()},
-                )
-    sampling_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
-    return finish_run(
-        run, wrapped, model, processor, history, step, dims, reasoning=True, reasoning_kwargs=sampling_kw
-    )
+                if loop.eval_due:
+                    row.update(evaluate_during_training(run, model, processor, dims, True, eval_kw))
+                loop.log(row, bar, "loss")
+            loop.end_step(bar)
+    return loop.finish(dims, reasoning=True, reasoning_kwargs=eval_kw)

@@ -30,17 +30,13 @@ import torch
 from zreward_deploy.data import Record, load_split
 from zreward_deploy.generation import generate_reasoning
 
-from .common import Run, derive_seed, load_model, start_run
-from .config import ConfigError, TrainConfig
+from .common import Run, TrainResult, derive_seed, load_model, start_run
+from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
 from .data import StudentBatch, StudentData, resolve_dimensions
 from .losses import forward_kl_loss
-from .sft import TrainResult, run_student_loop
+from .sft import run_student_loop
 
 CACHE_FILE = "teacher_targets.jsonl"
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
@@ -50,23 +46,28 @@ class RISDConfig(TrainConfig):
     method: ClassVar[str] = "risd"
 
     teacher: str = field(
-        default="", metadata=_h("teacher model directory (required), e.g. a GDSO run's model/")
+        default="", metadata=help_text("teacher model directory (required), e.g. a GDSO run's model/")
     )
     teacher_samples: int = field(
-        default=1, metadata=_h("n: reasoning traces per (item, dimension) whose q_T are averaged (paper: 1)")
+        default=1,
+        metadata=help_text("n: reasoning traces per (item, dimension) whose q_T are averaged (paper: 1)"),
     )
-    teacher_max_new_tokens: int = field(default=32, metadata=_h("longest teacher reasoning trace (tokens)"))
-    teacher_temperature: float = field(default=1.0, metadata=_h("teacher sampling temperature"))
-    teacher_top_p: float = field(default=1.0, metadata=_h("teacher nucleus sampling threshold"))
-    teacher_batch_size: int = field(default=32, metadata=_h("items per teacher generate call (cache build)"))
+    teacher_max_new_tokens: int = field(
+        default=32, metadata=help_text("longest teacher reasoning trace (tokens)")
+    )
+    teacher_temperature: float = field(default=1.0, metadata=help_text("teacher sampling temperature"))
+    teacher_top_p: float = field(default=1.0, metadata=help_text("teacher nucleus sampling threshold"))
+    teacher_batch_size: int = field(
+        default=32, metadata=help_text("items per teacher generate call (cache build)")
+    )
     cache: str = field(
         default="",
-        metadata=_h(
+        metadata=help_text(
             f"teacher-target cache (JSONL); default output_dir/{CACHE_FILE}. Reused when its provenance matches"
         ),
     )
     rebuild_cache: bool = field(
-        default=False, metadata=_h("regenerate the cache even if a matching one exists")
+        default=False, metadata=help_text("regenerate the cache even if a matching one exists")
     )
 
     def __post_init__(self) -> None:
@@ -75,11 +76,8 @@ class RISDConfig(TrainConfig):
             raise ConfigError("data", "is required (a dataset folder; its labels are not used)")
         if not self.teacher:
             raise ConfigError("teacher", "is required (the teacher model directory)")
-        for name in ("teacher_samples", "teacher_max_new_tokens", "teacher_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        if not self.teacher_temperature > 0 or not 0 < self.teacher_top_p <= 1:
-            raise ConfigError("teacher_temperature/top_p", "need temperature > 0 and 0 < top_p <= 1")
+        require_at_least(self, 1, "teacher_samples", "teacher_max_new_tokens", "teacher_batch_size")
+        require_sampling(self.teacher_temperature, self.teacher_top_p, "teacher_temperature/top_p")
 
     @property
     def cache_path(self) -> Path:
