@@ -68,7 +68,8 @@ class Budget:
         )  # fmt: skip
 
 
-def _student_common(b: Budget, data: Path, out: Path, seed: int) -> dict[str, Any]:
+def student_kwargs(b: Budget, data: Path, out: Path, seed: int) -> dict[str, Any]:
+    """Fields of an SFT/RISD config with the budget's one-pass training settings (also ``zreward demo``)."""
     return {
         "data": str(data),
         "output_dir": str(out),
@@ -86,7 +87,8 @@ def _student_common(b: Budget, data: Path, out: Path, seed: int) -> dict[str, An
     }
 
 
-def _rl_common(b: Budget, data: Path, out: Path, init: Path, seed: int) -> dict[str, Any]:
+def rl_kwargs(b: Budget, data: Path, out: Path, init: Path, seed: int) -> dict[str, Any]:
+    """Fields of a GRPO/GDSO config starting from the model directory ``init`` (also ``zreward demo``)."""
     return {
         "data": str(data),
         "output_dir": str(out),
@@ -140,7 +142,7 @@ def train_all(b: Budget, data: Path, out: Path, seed: int) -> dict[str, dict[str
     processor.save_pretrained(zero)
     runs["zero-shot teacher"] = {"dir": str(zero), "reasoning": True, "train_s": 0.0, "config": {}}
 
-    teacher_cfg = SFTConfig(**_student_common(b, data, out / "sft_teacher", teacher_seed))
+    teacher_cfg = SFTConfig(**student_kwargs(b, data, out / "sft_teacher", teacher_seed))
     sft_teacher = timed("SFT teacher", False, train_sft, teacher_cfg)
     # the RL starting point itself, read the way the GRPO/GDSO teachers are read (after reasoning)
     runs["RL init: SFT teacher read after reasoning"] = {
@@ -148,13 +150,13 @@ def train_all(b: Budget, data: Path, out: Path, seed: int) -> dict[str, dict[str
         "reasoning": True,
         "train_s": 0.0,
     }
-    grpo_cfg = GRPOConfig(**_rl_common(b, data, out / "grpo", sft_teacher, seed))
+    grpo_cfg = GRPOConfig(**rl_kwargs(b, data, out / "grpo", sft_teacher, seed))
     timed("GRPO teacher", True, train_grpo, grpo_cfg)
     gdso = timed(
-        "GDSO teacher", True, train_gdso, GDSOConfig(**_rl_common(b, data, out / "gdso", sft_teacher, seed))
+        "GDSO teacher", True, train_gdso, GDSOConfig(**rl_kwargs(b, data, out / "gdso", sft_teacher, seed))
     )
-    timed("SFT student", False, train_sft, SFTConfig(**_student_common(b, data, out / "sft_student", seed)))
-    risd = _student_common(b, data, out / "risd", seed)
+    timed("SFT student", False, train_sft, SFTConfig(**student_kwargs(b, data, out / "sft_student", seed)))
+    risd = student_kwargs(b, data, out / "risd", seed)
     timed(
         "RISD student",
         False,
@@ -162,7 +164,7 @@ def train_all(b: Budget, data: Path, out: Path, seed: int) -> dict[str, dict[str
         RISDConfig(**risd, teacher=str(gdso), teacher_max_new_tokens=b.reasoning_tokens),
     )
     opd = {
-        **_student_common(b, data, out / "opd", seed),
+        **student_kwargs(b, data, out / "opd", seed),
         "max_steps": b.opd_steps,
         "batch_size": b.opd_batch,
         "learning_rate": 1e-3,

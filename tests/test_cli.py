@@ -1,4 +1,5 @@
-"""Every CLI path of issue 2 runs: demo, score (table and JSON, errors), model create/info/compose."""
+"""Every CLI path of issue 2 runs: score (table and JSON, errors), model create/info/compose. `zreward demo`
+runs in tests/test_demo.py."""
 
 import json
 import shutil
@@ -27,17 +28,6 @@ def test_entry_point_is_installed():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
     for group in ("demo", "score", "model"):
         assert group in out.stdout
-
-
-def test_demo(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert len(summary["records"]) == 4
-    for rec in summary["records"]:
-        assert set(rec["dimensions"]) == {"alignment", "realism", "aesthetics", "plausibility"}
-        for dim in rec["dimensions"].values():
-            assert abs(sum(dim["probs"].values()) - 1) < 1e-5
-    assert (tmp_path / "demo" / "model" / "model.safetensors").exists()
 
 
 def test_score_json(tiny_dir, image_files, capsys):

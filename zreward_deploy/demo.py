@@ -1,74 +1,418 @@
-"""The demo: what the package can do end to end today, on a CPU, with nothing downloaded.
+"""``zreward demo``: the whole pipeline on the embedded default, on a CPU, with nothing downloaded.
 
-Builds the tiny preset (random weights), saves it as a model directory, draws a few procedural images,
-scores them on all rubric dimensions in one pass and prints the score distributions. The model is
-untrained, so the distributions say nothing about the images yet; the point is the pipeline: model
-directory -> Scorer -> per-dimension distributions, mean, std and reward.
+Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress bars on a terminal):
+
+1. synthetic data (:mod:`zreward_deploy.data.synth`): 64 px scenes with graded defects and simulated
+   annotators, split train / val / test;
+2. SFT teacher: the teacher chain's warm start. GDSO starts from its weights, as in docs/results.md: the
+   paper starts RL from a pretrained model that already scores above chance, and a random
+   initialisation gives RL nothing to amplify;
+3. GDSO teacher (reasons, then reads the score);
+4. RISD student: the teacher's score distributions are cached once, then a fresh one-pass student learns
+   them by forward KL;
+5. test-split metrics of the teachers and the student, and the teacher-vs-student scoring cost;
+6. ONNX export of the student (fp32), validated at untraced shapes;
+7. parity: torch vs ONNX Runtime on the test split (``bench/bench_parity.py``);
+8. latency: torch vs ONNX Runtime per batch size (``bench/bench_latency.py``);
+9. example images (one scene: clean, noisy, blurred, pixelated) scored by the exported student;
+10. ``report.md`` with the tables and plots (``zreward_deploy/demo_report.py``) and ``summary.json``.
+
+The training budgets are those of ``bench/run_results.py`` for one seed (the docs/results.md table): the
+whole demo takes about 4 minutes on two CPU cores, most of it the SFT warm start and GDSO;
+``quick=True`` runs every stage with tiny budgets (about 20 s; the numbers are then meaningless). Everything is on the ``realism`` dimension,
+which these tiny models learn in minutes (docs/results.md explains why). A failing stage raises
+:class:`DemoStageError` naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import MissingDependencyError
 
-def demo_images(size: int = 64, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """A few (prompt, uint8 HxWx3 image) pairs: a clean scene and degraded versions of it."""
-    rng = np.random.default_rng(seed)
-    clean = np.full((size, size, 3), 235, dtype=np.uint8)
-    a, b = size // 4, size // 2
-    clean[a:b, a:b] = (200, 30, 30)  # a red square
-    yy, xx = np.mgrid[:size, :size]
-    clean[(yy - 3 * size // 4) ** 2 + (xx - 3 * size // 4) ** 2 < (size // 8) ** 2] = (
-        30,
-        60,
-        200,
-    )  # a blue disc
-    noisy = np.clip(clean + rng.normal(0, 60, clean.shape), 0, 255).astype(np.uint8)
-    kernel = 5
-    padded = np.pad(clean.astype(np.float32), ((kernel, kernel), (kernel, kernel), (0, 0)), mode="edge")
-    blurred = np.mean(
-        [
-            padded[kernel + dy : kernel + dy + size, kernel + dx : kernel + dx + size]
-            for dy in range(-kernel, kernel + 1, 2)
-            for dx in range(-kernel, kernel + 1, 2)
-        ],
-        axis=0,
+TEACHER_SEED_OFFSET = 1000  # the teacher chain starts from another init than the student (as run_results)
+
+STAGES: tuple[tuple[str, str], ...] = (
+    ("data", "synthetic data"),
+    ("sft_teacher", "SFT teacher (warm start: GDSO starts from its weights)"),
+    ("gdso_teacher", "GDSO teacher"),
+    ("risd_student", "RISD student (distilled from the GDSO teacher)"),
+    ("evaluate", "test-split metrics and teacher-vs-student scoring cost"),
+    ("export", "ONNX export of the student (fp32, validated)"),
+    ("parity", "parity: torch vs ONNX Runtime on the test split"),
+    ("latency", "latency: torch vs ONNX Runtime"),
+    ("examples", "example images scored by the exported student"),
+    ("report", "report.md"),
+)
+
+# What the demo imports beyond the core dependencies: module -> (package, extra).
+REQUIRED_MODULES: dict[str, tuple[str, str]] = {
+    "accelerate": ("accelerate", "train"),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "optimum": ("optimum-onnx", "onnx"),
+}
+
+# The example images: one scene, each defect at a severity that costs realism about 1.5 points.
+EXAMPLE_DEFECTS: dict[str, dict[str, float]] = {
+    "clean": {},
+    "noisy": {"noise": 0.75},
+    "blurred": {"blur": 0.75},
+    "pixelated": {"pixelate": 1.0},
+}
+
+
+class DemoStageError(RuntimeError):
+    """A stage of the demo failed. ``stage`` is its title; the original error is ``__cause__``."""
+
+    def __init__(self, number: int, total: int, stage: str, folder: Path | None, cause: BaseException):
+        self.stage = stage
+        where = f"; its files are in {folder}" if folder is not None else ""
+        super().__init__(f"stage {number}/{total} ({stage}) failed: {type(cause).__name__}: {cause}{where}")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Budgets of one demo run: the training budget (``run_results.Budget``) and the benchmark settings."""
+
+    budget: Any = field(
+        metadata={"help": "training and cost budget (zreward_deploy.bench.run_results.Budget)"}
     )
-    wrong = clean.copy()
-    wrong[a:b, a:b] = (30, 160, 40)  # the square is green, not red
-    prompt = "a red square and a blue circle"
-    return [(prompt, clean), (prompt, noisy), (prompt, blurred.astype(np.uint8)), (prompt, wrong)]
+    latency_batches: tuple[int, ...] = field(default=(1, 8, 32), metadata={"help": "batch sizes timed"})
+    latency_warmup: int = field(default=3, metadata={"help": "untimed runs per backend and batch size"})
+    latency_repeats: int = field(default=20, metadata={"help": "timed runs per backend and batch size"})
+    parity_batch: int = field(default=8, metadata={"help": "images per scoring call in the parity check"})
+
+    @classmethod
+    def for_run(cls, quick: bool) -> DemoSettings:
+        from .bench.run_results import Budget
+
+        if quick:
+            return cls(Budget.quick(), latency_batches=(1, 8), latency_warmup=1, latency_repeats=3)
+        # the budgets of docs/results.md (one seed): about 4 min on 2 cores (docs/demo-report.md)
+        return cls(Budget())
 
 
-def run_demo(out_dir: str | os.PathLike = "zreward-demo", seed: int = 0) -> dict[str, Any]:
-    """Build, save, load and score; returns the score records (also printed by the CLI)."""
-    from PIL import Image
+def missing_dependencies() -> dict[str, str]:
+    """Packages the demo needs that are not installed: package -> extra."""
+    return {
+        package: extra
+        for module, (package, extra) in REQUIRED_MODULES.items()
+        if importlib.util.find_spec(module) is None
+    }
 
-    from .presets import build_preset
-    from .scoring import Scorer
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+class _Stages:
+    """Runs the numbered stages: prints a line per stage, times it, names it when it fails."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = records
+
+    @contextmanager
+    def stage(self, key: str, folder: Path | None = None) -> Iterator[None]:
+        keys = [k for k, _ in STAGES]
+        number, title = keys.index(key) + 1, dict(STAGES)[key]
+        _say(f"[{number}/{len(STAGES)}] {title} ...")
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            raise DemoStageError(number, len(STAGES), title, folder, exc) from exc
+        wall = time.perf_counter() - start
+        self.records.append({"stage": key, "title": title, "wall_s": wall})
+        _say(f"[{number}/{len(STAGES)}] {title}: done in {wall:.1f} s")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "zreward-demo", seed: int = 0, quick: bool = False
+) -> dict[str, Any]:
+    """Run the whole pipeline into ``out_dir`` (files of an earlier demo there are replaced).
+
+    Returns:
+        The summary (also written to ``out_dir/summary.json``): every number of the report, the
+        stage wall times, the paths, and the example images' scores (``examples``).
+
+    Raises:
+        MissingDependencyError: an extra the demo needs is not installed (checked before any work).
+        DemoStageError: a stage failed; the message names it.
+    """
+    missing = missing_dependencies()
+    if missing:
+        extras = ",".join(sorted(set(missing.values())))
+        raise MissingDependencyError(", ".join(missing), extras, "zreward demo")
+    from .bench.common import environment
 
     out = Path(out_dir)
-    model_dir, image_dir = out / "model", out / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    model, processor = build_preset("tiny", seed=seed)
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = DemoSettings.for_run(quick)
+    b = dataclasses.replace(settings.budget, seeds=(seed,))
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "seed": seed,
+        "quick": quick,
+        "budget": dataclasses.asdict(b),
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "budget"},
+        "plots": has_matplotlib(),
+        "env": environment(),
+        "load_avg_start": os.getloadavg(),
+        "stages": [],
+    }
+    stages = _Stages(summary["stages"])
+    data = out / "data"
+    with stages.stage("data", data):
+        summary["data"] = synthesize(data, b, seed)
+    summary["runs"] = {}
+    with stages.stage("sft_teacher", out / "sft_teacher"):
+        summary["runs"]["sft_teacher"] = train_sft_teacher(b, data, out / "sft_teacher", seed)
+    with stages.stage("gdso_teacher", out / "gdso_teacher"):
+        init = Path(summary["runs"]["sft_teacher"]["model_dir"])
+        summary["runs"]["gdso_teacher"] = train_gdso_teacher(b, data, out / "gdso_teacher", init, seed)
+    with stages.stage("risd_student", out / "risd_student"):
+        teacher = Path(summary["runs"]["gdso_teacher"]["model_dir"])
+        summary["runs"]["risd_student"] = train_risd_student(b, data, out / "risd_student", teacher, seed)
+    student = Path(summary["runs"]["risd_student"]["model_dir"])
+    with stages.stage("evaluate", out / "eval"):
+        summary["evaluation"] = evaluate_models(summary["runs"], b, data, out / "eval", seed)
+    with stages.stage("export", out / "onnx"):
+        summary["export"] = export_student(student, out / "onnx" / "fp32")
+    with stages.stage("parity", out / "parity"):
+        summary["parity"] = run_parity(student, data, out, settings)
+    with stages.stage("latency", out / "latency"):
+        summary["latency"] = run_latency(student, out, settings, plot=summary["plots"])
+    with stages.stage("examples", out / "examples"):
+        summary["examples"] = score_examples(Path(summary["export"]["dir"]), out / "examples", b, seed)
+    with stages.stage("report", out):
+        summary["load_avg_end"] = os.getloadavg()
+        summary["total_s"] = time.perf_counter() - started
+        from .demo_report import write_report
 
-    names = ["clean", "noisy", "blurred", "wrong_colour"]
-    paths, prompts = [], []
-    for name, (prompt, image) in zip(names, demo_images(seed=seed), strict=True):
-        path = image_dir / f"{name}.png"
-        Image.fromarray(image).save(path)
-        paths.append(str(path))
-        prompts.append(prompt)
+        summary["report"] = str(write_report(summary, out))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
 
-    scorer = Scorer.from_pretrained(model_dir)
-    result = scorer.score(paths, prompts, errors="collect")
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+
+
+def synthesize(data: Path, b: Any, seed: int) -> dict[str, Any]:
+    """Write the synthetic dataset (the results table's split fractions); returns its sizes."""
+    from .data.synth import SynthConfig, generate_dataset
+
+    cfg = SynthConfig(
+        prompts=b.prompts, images_per_prompt=4, seed=seed, val_fraction=0.05, test_fraction=0.25
+    )
+    counts = generate_dataset(data, cfg, overwrite=True)
+    return {"dir": str(data), "config": dataclasses.asdict(cfg), "records": counts}
+
+
+def _logging(steps: int) -> dict[str, Any]:
+    # progress bars on (the trainers show them on a terminal); about 50 points per training curve
+    return {"progress": True, "log_every": max(1, steps // 50)}
+
+
+def _run_record(result: Any, cfg: Any) -> dict[str, Any]:
+    return {
+        "dir": str(result.output_dir),
+        "model_dir": str(result.model_dir),
+        "steps": result.steps,
+        "config": cfg.to_dict(),
+    }
+
+
+def train_sft_teacher(b: Any, data: Path, out: Path, seed: int) -> dict[str, Any]:
+    """SFT of a fresh ``b.preset`` (seed ``seed + 1000``): the GDSO teacher's starting weights."""
+    from .bench.run_results import student_kwargs
+    from .training.sft import SFTConfig, train_sft
+
+    kwargs = student_kwargs(b, data, out, seed + TEACHER_SEED_OFFSET)
+    cfg = SFTConfig(**{**kwargs, **_logging(b.sft_steps)})
+    return _run_record(train_sft(cfg), cfg)
+
+
+def train_gdso_teacher(b: Any, data: Path, out: Path, init: Path, seed: int) -> dict[str, Any]:
+    """GDSO from the SFT teacher's weights ``init``."""
+    from .bench.run_results import rl_kwargs
+    from .training.gdso import GDSOConfig, train_gdso
+
+    cfg = GDSOConfig(**{**rl_kwargs(b, data, out, init, seed), **_logging(b.rl_steps)})
+    return _run_record(train_gdso(cfg), cfg)
+
+
+def train_risd_student(b: Any, data: Path, out: Path, teacher: Path, seed: int) -> dict[str, Any]:
+    """RISD of a fresh ``b.preset`` from the GDSO teacher's cached score distributions."""
+    from .bench.run_results import student_kwargs
+    from .training.risd import RISDConfig, train_risd
+
+    cfg = RISDConfig(
+        **{**student_kwargs(b, data, out, seed), **_logging(b.sft_steps)},
+        teacher=str(teacher),
+        teacher_max_new_tokens=b.reasoning_tokens,
+        rebuild_cache=True,  # a rerun in the same folder retrains the teacher: never reuse its targets
+    )
+    return _run_record(train_risd(cfg), cfg)
+
+
+# name -> (run key, read after reasoning)
+EVALUATED: dict[str, tuple[str, bool]] = {
+    "SFT teacher (warm start)": ("sft_teacher", False),
+    "GDSO teacher": ("gdso_teacher", True),
+    "RISD student": ("risd_student", False),
+}
+
+
+def _scorer(model_dir: str, reasoning: bool, b: Any, seed: int) -> Any:
+    if not reasoning:
+        from .scoring import Scorer
+
+        return Scorer.from_pretrained(model_dir)
+    from .training.common import load_model
+    from .training.rollouts import ReasoningScorer
+
+    model, processor = load_model(model_dir)
+    return ReasoningScorer(
+        model, processor, num_samples=b.eval_samples, max_new_tokens=b.reasoning_tokens, seed=seed
+    )
+
+
+def evaluate_models(runs: dict[str, Any], b: Any, data: Path, out: Path, seed: int) -> dict[str, Any]:
+    """Test-split metrics on ``b.dimension`` of each model in :data:`EVALUATED` (per-item scores and,
+    with matplotlib, the student's plots under ``out``), and the teacher-vs-student scoring cost."""
+    from .bench.run_results import METRICS, scoring_cost
+    from .data import load_split
+    from .evaluation import evaluate, metrics_json, write_per_item, write_plots
+
+    records = [
+        dataclasses.replace(
+            r,
+            scores={b.dimension: r.scores[b.dimension]},
+            annotations={b.dimension: r.annotations[b.dimension]},
+        )
+        for r in load_split(data, "test")
+    ]
+    rows, plots = [], []
+    for name, (key, reasoning) in EVALUATED.items():
+        start = time.perf_counter()
+        ev = evaluate(_scorer(runs[key]["model_dir"], reasoning, b, seed), records, progress=True)
+        (out / key).mkdir(parents=True, exist_ok=True)
+        (out / key / "metrics.json").write_text(metrics_json(ev.metrics, model=name) + "\n")
+        write_per_item(ev, out / key / "per_item.jsonl")
+        rows.append(
+            {
+                "model": name,
+                "run": key,
+                "reasoning": reasoning,
+                **{k: float(ev.metrics[k]) for k in METRICS},
+                "n_items": int(ev.metrics["n_items"]),
+                "n_pairs": int(ev.metrics["n_pairs"]),
+                "n_margin_pairs": int(ev.metrics["n_margin_pairs"]),
+                "eval_s": time.perf_counter() - start,
+            }
+        )
+        if key == "risd_student" and has_matplotlib():
+            plots = [str(p) for p in write_plots(ev, out / key / "plots")]
+    cost_runs = {
+        "GDSO teacher": {"dir": runs["gdso_teacher"]["model_dir"], "reasoning": True},
+        "RISD student": {"dir": runs["risd_student"]["model_dir"], "reasoning": False},
+    }
+    cost = scoring_cost(cost_runs, b, data)
+    return {"dimension": b.dimension, "split": "test", "rows": rows, "cost": cost, "student_plots": plots}
+
+
+def export_student(student: Path, onnx_dir: Path) -> dict[str, Any]:
+    """fp32 ONNX export of the student, validated in ONNX Runtime (raises on a mismatch)."""
+    from .export.onnx import OnnxExportConfig, export_onnx
+
+    meta = export_onnx(student, onnx_dir, OnnxExportConfig(dtype="fp32", overwrite=True))
+    return {
+        "dir": str(onnx_dir),
+        "onnx_bytes": (onnx_dir / meta["onnx_file"]).stat().st_size,
+        "opset": meta["opset"],
+        "dimensions": meta["dimensions"],
+        "validation": meta["validation"],
+    }
+
+
+def run_parity(student: Path, data: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
+    """``bench_parity`` of the fp32 export against torch on the test split (all exported dimensions)."""
+    from .bench.bench_parity import ParityBenchConfig, report
+
+    cfg = ParityBenchConfig(
+        model=str(student),
+        data=str(data),
+        split="test",
+        backends=("onnx-fp32",),
+        batch_size=settings.parity_batch,
+        exports=str(out / "onnx"),  # the export of stage 6, reused (same weights and settings)
+        out=str(out / "parity"),
+    )
+    with redirect_stdout(sys.stderr):  # the benchmark prints its table; the demo's stdout is its result
+        rows = [{k: v for k, v in r.items() if k != "env"} for r in report(cfg)]
+    return {"rows": rows, "passed": all(r["passed"] for r in rows), "dir": cfg.out}
+
+
+def run_latency(student: Path, out: Path, settings: DemoSettings, plot: bool) -> dict[str, Any]:
+    """``bench_latency`` of torch and the fp32 export at the settings' batch sizes."""
+    from .bench.bench_latency import LatencyBenchConfig, report
+
+    cfg = LatencyBenchConfig(
+        model=str(student),
+        backends=("torch", "onnx-fp32"),
+        batch_sizes=settings.latency_batches,
+        warmup=settings.latency_warmup,
+        repeats=settings.latency_repeats,
+        exports=str(out / "onnx"),
+        out=str(out / "latency"),
+        plot=plot,
+    )
+    with redirect_stdout(sys.stderr):  # as in run_parity
+        rows = [{k: v for k, v in r.items() if k != "env"} for r in report(cfg)]
+    png = Path(cfg.out) / "bench_latency.png"
+    return {"rows": rows, "dir": cfg.out, "plot": str(png) if plot and png.exists() else None}
+
+
+def score_examples(onnx_dir: Path, out: Path, b: Any, seed: int) -> dict[str, Any]:
+    """Draw one synthetic scene clean and with each :data:`EXAMPLE_DEFECTS` defect, save the PNGs under
+    ``out`` and score them on ``b.dimension`` with the exported student (ONNX Runtime)."""
+    from .data.synth import SynthConfig, draw_prompt, ground_truth, render_image
+    from .scoring import load_scorer
+
+    spec = draw_prompt(np.random.default_rng([seed, 17]))
+    out.mkdir(parents=True, exist_ok=True)
+    paths, truths = [], []
+    for name, defects in EXAMPLE_DEFECTS.items():
+        # the same generator state for every image: only the defect differs
+        image = render_image(
+            spec.objects, defects, SynthConfig().image_size, np.random.default_rng([seed, 18])
+        )
+        paths.append(out / f"{name}.png")
+        image.save(paths[-1])
+        truths.append(ground_truth(defects, "none")[b.dimension])
+    scorer = load_scorer(onnx_dir, backend="onnx")
+    result = scorer.score([str(p) for p in paths], spec.text, dimensions=[b.dimension])
     records = result.to_records()
-    for rec, path, prompt in zip(records, paths, prompts, strict=True):
-        rec["image"], rec["prompt"] = path, prompt
-    return {"model_dir": str(model_dir), "values": result.values, "records": records}
+    for rec, name, path, truth in zip(records, EXAMPLE_DEFECTS, paths, truths, strict=True):
+        rec.update(name=name, image=str(path), prompt=spec.text, defects=EXAMPLE_DEFECTS[name], truth=truth)
+    return {"dimension": b.dimension, "values": list(result.values), "records": records}
