@@ -53,6 +53,7 @@ from zreward_deploy.bench.common import (
     summarize,
     time_cuda,
     time_interleaved,
+    torch_threads,
     write_rows,
 )
 from zreward_deploy.kernels.score_head import score_head, score_head_ref
@@ -288,9 +289,13 @@ def _measure_shape(cfg, env, fns, model, h, v, lm_head, n, k, mode) -> list[dict
 
 
 def run(cfg: ScoreHeadBenchConfig) -> list[dict[str, Any]]:
-    """Measure every (model, mode, N, K, provider); returns the rows (also written under ``cfg.out``)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """Measure every (model, mode, N, K, provider); returns the rows (also written under ``cfg.out``).
+    Runs with ``cfg.threads`` torch threads and restores the caller's setting after."""
+    with torch_threads(cfg.threads or 0):
+        return _run(cfg)
+
+
+def _run(cfg: ScoreHeadBenchConfig) -> list[dict[str, Any]]:
     env = environment()
     # built once: a torch.compile wrapper per shape would recompile on CPU, where one dynamic graph serves
     fns = {provider: _provider_fn(provider, cfg) for provider in cfg.providers}

@@ -17,7 +17,9 @@ def test_bench_score_head_writes_rows(tmp_path):
     argv = ["--device", "cpu", "--models", "tiny:64:1000", "--ns", "1", "3", "--ks", "5", "--warmup", "1",
             "--repeats", "1", "--modes", "fwd", "fwd_bwd", "fwd_bwd_w", "--compile-backend", "eager",
             "--out", str(tmp_path)]  # fmt: skip
+    threads = torch.get_num_threads()
     rows = main(argv)
+    assert torch.get_num_threads() == threads  # the bench's one thread does not outlive it
     providers = ("eager_full", "eager_restricted", "compiled_restricted", "triton")
     assert {(r["provider"], r["mode"], r["N"]) for r in rows} == {
         (p, m, n) for p in providers for m in ("fwd", "fwd_bwd", "fwd_bwd_w") for n in (1, 3)
