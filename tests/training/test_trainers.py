@@ -17,8 +17,11 @@ tiny teacher, one intra-op thread, torch 2.13.0 CPU, transformers 4.57.6; the nu
   and negative on average (the student's own samples are likelier under the student).
 
 They must only change with a deliberate change of an algorithm (then re-derive and re-review them);
-a change of sampling or reduction order also moves them. Tolerance: 1e-4 relative (plus 1e-6 absolute
-for values near 0), robust to the last-bit differences of other CPUs, not to a changed formula.
+a change of sampling or reduction order also moves them. Tolerance (``GOLDEN_TOL``): 1e-4 relative plus
+1e-4 absolute, torchtune's golden-loss tolerance. The values were pinned on an Intel Xeon; an AMD EPYC
+(another GEMM kernel, so another reduction order) reproduces them to 1.2e-5 absolute at worst, on GRPO's
+second ``loss_last``, a sum of near-cancelling terms (−0.0257) that a purely relative 1e-4 failed. A
+changed formula moves them far more (the negative control below is checked at the same tolerance).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ RUNS: dict[str, list[str]] = {
     "risd": ["batch_size=4", "teacher_max_new_tokens=4", "teacher_samples=2"],
     "opd": ["batch_size=4", "max_new_tokens=4"],
 }
+
+GOLDEN_TOL = {"rel": 1e-4, "abs": 1e-4}
 
 GOLDEN: dict[str, list[dict[str, float]]] = {
     "sft": [
@@ -143,7 +148,7 @@ def test_two_steps_match_golden_values(method, small_data, teacher_dir, tmp_path
     assert [r["step"] for r in rows] == [1, 2]
     for row, expected in zip(rows, GOLDEN[method], strict=True):
         got = {k: row[k] for k in expected}
-        assert got == pytest.approx(expected, rel=1e-4, abs=1e-6), f"{method} step {row['step']}"
+        assert got == pytest.approx(expected, **GOLDEN_TOL), f"{method} step {row['step']}"
     # the run ends with a loadable model directory and a summary on stdout
     assert (tmp_path / method / "model" / "config.json").is_file()
     assert "2 steps; model saved to" in capsys.readouterr().out
@@ -152,7 +157,8 @@ def test_two_steps_match_golden_values(method, small_data, teacher_dir, tmp_path
 def test_golden_values_move_when_the_algorithm_does(small_data, tmp_path, one_thread):
     """Negative control: the pinned GDSO values are not insensitive to its hyperparameters."""
     rows = run_cli("gdso", tmp_path / "gdso", small_data, extra=["alpha_pt=0.3"])
-    assert rows[0]["loss"] != pytest.approx(GOLDEN["gdso"][0]["loss"], rel=1e-3)
+    assert rows[0]["loss"] != pytest.approx(GOLDEN["gdso"][0]["loss"], **GOLDEN_TOL)
+    assert rows[0]["loss"] != pytest.approx(GOLDEN["gdso"][0]["loss"], rel=1e-2)  # and not by a hair
 
 
 def test_risd_cache_has_provenance_and_is_reused(small_data, teacher_dir, tmp_path, one_thread, capsys):
