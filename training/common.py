@@ -280,7 +280,8 @@ def start_run(cfg: TrainConfig) -> Run:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    # cpu=True unless a GPU is visible: one CPU process, or gloo across `accelerate launch --cpu` ones
+    # cpu=True unless a GPU is visible: one CPU process, or gloo across processes started by torchrun or
+    # `accelerate launch --multi_gpu` (docs/training.md §5)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -662,7 +663,9 @@ class TrainLoop:
             if run.is_main:
                 run.metrics.log(self.step, {f"final_eval/{k}": v for k, v in final_eval.items()})
         run.metrics.close()
-        return TrainResult(run.output_dir, model_dir, self.step, self.history, final_eval or None)
+        return TrainResult(
+            run.output_dir, model_dir, self.step, self.history, final_eval or None, run.is_main
+        )
 
 
 @dataclass
@@ -674,6 +677,7 @@ class TrainResult:
     steps: int
     history: list[dict[str, Any]]
     final_eval: dict[str, float] | None = None
+    is_main_process: bool = True  # False on the other processes of a multi-process run
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_two_processes(args: list[str], cwd) -> None:
+def _launch_two_processes(args: list[str], cwd) -> str:
+    """Run ``zreward <args>`` in two gloo processes; returns their combined stdout."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -66,6 +67,7 @@ def _launch_two_processes(args: list[str], cwd) -> None:
     ]
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def _rows(out) -> list[dict]:
@@ -116,7 +118,8 @@ def test_two_processes_match_one(method, small_data, tmp_path, one_thread):
         *CASES[method],
     ]
     assert main([*common, f"output_dir={tmp_path / 'one'}"]) == 0
-    _launch_two_processes([*common, f"output_dir={tmp_path / 'two'}"], cwd=tmp_path)
+    stdout = _launch_two_processes([*common, f"output_dir={tmp_path / 'two'}"], cwd=tmp_path)
+    assert stdout.count("model saved to") == 1, stdout  # one summary per run, from the main process
 
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]

@@ -3,7 +3,9 @@
 The config is the trainer's dataclass: defaults, overridden by ``--config FILE`` (YAML), overridden by
 ``key=value`` (values parsed as YAML). Unknown keys are errors. ``--help-config`` lists every field with
 its default and help; ``--print-config`` prints the resolved config and exits. Multi-process:
-``accelerate launch --num_processes 2 --cpu -m zreward_deploy.cli train sft ...``.
+``accelerate launch --multi_gpu --num_processes 2 -m zreward_deploy.cli train sft ...`` (two gloo processes
+on a machine without GPUs; ``--cpu --num_processes 2`` starts only one) or ``torchrun --nproc_per_node 2
+-m zreward_deploy.cli train sft ...``; docs/training.md §5 has the GPU and multi-node commands.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     result = train(cfg)
+    if not result.is_main_process:  # one summary per run, not one per process
+        return 0
     print(f"{args.method}: {result.steps} steps; model saved to {result.model_dir}")
     print(f"metrics: {result.output_dir / 'metrics.jsonl'}")
     if result.final_eval:
