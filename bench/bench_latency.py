@@ -5,8 +5,12 @@ Backends: ``torch`` (eager, the reference), ``onnx-fp32`` / ``onnx-fp16`` (ONNX 
 tokenized and preprocessed micro-batch: the graph run plus each runtime's own input/output conversion
 (torch ↔ numpy for ONNX Runtime on CPU). Image decoding and tokenization are the same code for every
 backend and are left out, so the ratio compares the runtimes. All backends are loaded into one process and
-timed interleaved run by run (A, B, A, B, ...), so a change in background load hits them alike
-(``time_interleaved``); the system load average before and after is recorded with each row.
+timed in blocks of ``block`` consecutive runs, taking turns block by block (``time_blocks``): the turns let
+a change in background load hit every backend alike, and the blocks (each after a short idle pause) keep
+one runtime's spinning thread pool off the cores while the other is timed, which run-by-run interleaving
+(``timing="interleaved"``, the behaviour before) does not: on a 2-core CPU it inflated torch's batch-1
+time by ~14 % and ORT's small GEMMs by up to 2× (docs/benchmarks.md). The system load average before and
+after is recorded with each row.
 
 Reported per (backend, batch): p50 / p95 / p99 / min latency in ms over ``repeats`` timed runs after
 ``warmup`` runs (with 20 repeats p99 is the slowest run), images/s at p50, and ``speedup_vs_torch`` = torch
@@ -49,6 +53,13 @@ class LatencyBenchConfig:
     batch_sizes: tuple[int, ...] = field(default=(1, 8, 32), metadata={"help": "batch sizes to time"})
     warmup: int = field(default=2, metadata={"help": "untimed runs per backend and batch size"})
     repeats: int = field(default=20, metadata={"help": "timed runs per backend and batch size"})
+    timing: str = field(
+        default="blocks",
+        metadata={
+            "help": "blocks (backends take turns by blocks of --block runs) or interleaved (run by run)"
+        },
+    )
+    block: int = field(default=5, metadata={"help": "timed runs per block with --timing blocks"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda (torch and ONNX Runtime)"})
     threads: int = field(
         default=0, metadata={"help": "torch threads and ORT intra-op threads (0 = each library's default)"}
@@ -71,6 +82,8 @@ class LatencyBenchConfig:
             raise ValueError(f"unknown backends {unknown}; choose from {known}")
         if not self.batch_sizes or min(self.batch_sizes) < 1 or self.repeats < 1 or self.warmup < 0:
             raise ValueError("batch sizes >= 1, repeats >= 1 and warmup >= 0 are required")
+        if self.timing not in ("blocks", "interleaved") or self.block < 1:
+            raise ValueError(f"timing must be 'blocks' or 'interleaved' (got {self.timing!r}) and block >= 1")
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -125,7 +138,7 @@ def run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
 def _run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
     import torch
 
-    from zreward_deploy.bench.common import environment, time_interleaved
+    from zreward_deploy.bench.common import environment, time_blocks, time_interleaved
 
     out = Path(config.out)
     exports = Path(config.exports) if config.exports else out / "exports"
@@ -143,7 +156,10 @@ def _run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
         }
         load_before = os.getloadavg()[0]
         with torch.inference_mode():
-            times = time_interleaved(providers, config.warmup, config.repeats)
+            if config.timing == "blocks":
+                times = time_blocks(providers, config.warmup, config.repeats, block=config.block)
+            else:
+                times = time_interleaved(providers, config.warmup, config.repeats)
         load_after = os.getloadavg()[0]
         p50 = {name: percentile(samples, 50) for name, samples in times.items()}
         for name, samples in times.items():
@@ -163,6 +179,7 @@ def _run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
                     "p99_ms": percentile(samples, 99),
                     "min_ms": min(samples),
                     "repeats": len(samples),
+                    "timing": config.timing,
                     "images_per_s": batch / p50[name] * 1e3,
                     "speedup_vs_torch": p50["torch"] / p50[name] if "torch" in p50 else None,
                     "runtime": scorer.describe() if hasattr(scorer, "describe") else {"backend": name},

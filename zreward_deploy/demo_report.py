@@ -21,6 +21,14 @@ CURVES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# How bench_latency timed the backends (its row's "timing"), in the report's words.
+TIMING = {
+    "blocks": "the backends taking turns by blocks of runs in one process, each block after a short idle "
+    "pause (so that one runtime's spinning threads are off the cores while the other is timed)",
+    "interleaved": "backends interleaved run by run in one process",
+}
+
+
 def plot_training_curves(runs: dict[str, Any], path: Path) -> Path:
     """One panel per :data:`CURVES` entry: the metric against the training step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -275,8 +283,8 @@ def _latency(s: dict[str, Any], out: Path) -> str:
     text = (
         "## Latency: torch vs ONNX Runtime\n\n"
         f"One scorer forward on an already preprocessed batch (all {r0['dimensions']} dimensions), "
-        f"{r0['repeats']} timed runs after warm-up per cell, backends interleaved run by run in one "
-        f"process; torch with {r0['torch_threads']} threads. 1-min load average during the runs: "
+        f"{r0['repeats']} timed runs after warm-up per cell, {TIMING.get(r0.get('timing'), 'in one process')}; "
+        f"torch with {r0['torch_threads']} threads. 1-min load average during the runs: "
         f"{min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs.\n\n" + markdown_table(rows, COLUMNS)
     )
     if lat.get("plot"):

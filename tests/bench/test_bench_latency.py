@@ -30,7 +30,7 @@ def test_latency_bench_writes_every_format(tmp_path, capsys):
     for row in rows:
         assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["p50_ms"] * 1e3)
-        assert row["repeats"] == 2 and row["load_avg_1min_before"] >= 0
+        assert row["repeats"] == 2 and row["timing"] == "blocks" and row["load_avg_1min_before"] >= 0
         assert row["env"]["torch"] and row["text_length"] > 0
     torch_rows = [r for r in rows if r["backend"] == "torch"]
     assert all(r["speedup_vs_torch"] == 1.0 for r in torch_rows)
@@ -58,6 +58,25 @@ def test_percentile_nearest_rank():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="unknown backends"):
         LatencyBenchConfig(backends=("torch", "openvino"))
+    with pytest.raises(ValueError, match="timing must be"):
+        LatencyBenchConfig(timing="random")
+    with pytest.raises(ValueError, match="block >= 1"):
+        LatencyBenchConfig(block=0)
+
+
+def test_interleaved_timing_is_still_available(tmp_path):
+    code = main(
+        [
+            "bench", "latency", "--preset", "tiny", "--backends", "torch", "onnx-fp32", "--batch-sizes", "2",
+            "--warmup", "0", "--repeats", "3", "--timing", "interleaved", "--no-plot", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "bench_latency.jsonl").read_text().splitlines()]
+    assert [(r["backend"], r["timing"], r["repeats"]) for r in rows] == [
+        ("torch", "interleaved", 3),
+        ("onnx-fp32", "interleaved", 3),
+    ]
     with pytest.raises(ValueError):
         LatencyBenchConfig(batch_sizes=(0,))
 
