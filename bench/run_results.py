@@ -48,7 +48,8 @@ class Budget:
     preset: str = "tiny-64"
     sft_steps: int = 250
     student_batch: int = 32
-    student_lr: float = 1.5e-3
+    # 1.5e-3 until an AMD EPYC run left seed 2's RISD student on a plateau (HPA 0.66); docs/results.md
+    student_lr: float = 7e-4
     rl_steps: int = 120
     rl_pairs: int = 8
     group_size: int = 4

@@ -18,7 +18,7 @@ Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress 
 10. ``report.md`` with the tables and plots (``zreward_deploy/demo_report.py``) and ``summary.json``.
 
 The training budgets are those of ``bench/run_results.py`` for one seed (the docs/results.md table): the
-whole demo takes about 4 minutes on two CPU cores, most of it the SFT warm start and GDSO;
+whole demo takes 1.5–3 minutes on two idle CPU cores, most of it the SFT warm start and GDSO;
 ``quick=True`` runs every stage with tiny budgets (about 20 s; the numbers are then meaningless). Everything is on the ``realism`` dimension,
 which these tiny models learn in minutes (docs/results.md explains why). A failing stage raises
 :class:`DemoStageError` naming it.

@@ -9,7 +9,7 @@ away and the same budget stays at chance (HPA ≈ 0.5 in our runs).
 
 The chain, with the smallest settings we found to learn reliably here:
 
-1. data: 300 prompts × 4 images (780 train / 300 test records: a large test split keeps the HPA
+1. data: 300 prompts × 4 images (840 train / 60 val / 300 test records: a large test split keeps the HPA
    estimate's standard error near 0.02);
 2. SFT student: 300 steps of 32 items, AdamW 7e-4, 20 warm-up steps then cosine;
 3. teacher for RISD: the SFT weights as a cold start (the paper's teachers start from a base model; we
