@@ -273,6 +273,22 @@ class Run:
         return tqdm(total=total, initial=initial, disable=not show, desc=self.config.method, unit="step")
 
 
+# Trainers that sample with ``generate_reasoning`` on the unwrapped model, which needs every parameter whole.
+SAMPLING_METHODS = ("grpo", "gdso", "opd")
+
+
+def check_distributed_support(method: str, distributed_type: str) -> None:
+    """Refuse FSDP for the trainers that sample rollouts: under FSDP each process holds a shard of the
+    weights, and sampling would need ``summon_full_params`` around ``generate_reasoning`` (not implemented;
+    docs/training.md §5). DDP, one process and the students under FSDP are fine."""
+    if method in SAMPLING_METHODS and distributed_type.upper().endswith("FSDP"):
+        raise ConfigError(
+            "distributed_type",
+            f"{method} samples rollouts from the full model, which FSDP shards; launch it with DDP "
+            "(`accelerate launch --multi_gpu`) instead; FSDP is supported for sft and risd",
+        )
+
+
 def start_run(cfg: TrainConfig) -> Run:
     """Set threads, create the accelerator, check the batch split, prepare ``output_dir`` (writing
     ``config.yaml``) and find the checkpoint to resume from."""
@@ -283,6 +299,7 @@ def start_run(cfg: TrainConfig) -> Run:
     # cpu=True unless a GPU is visible: one CPU process, or gloo across processes started by torchrun or
     # `accelerate launch --multi_gpu` (docs/training.md §5)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    check_distributed_support(cfg.method, str(accelerator.distributed_type))
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(
             "batch_size",

@@ -229,3 +229,17 @@ def test_metrics_writer_truncates_on_resume_and_tensorboard_is_optional(tmp_path
         tb.log(1, {"loss": 1.0})
         tb.close()
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("method", ["grpo", "gdso", "opd"])
+def test_rollout_trainers_refuse_fsdp_with_a_clear_error(method):
+    from accelerate import DistributedType
+
+    from zreward_deploy.training.common import check_distributed_support
+
+    with pytest.raises(ConfigError, match=f"{method} samples rollouts.*accelerate launch --multi_gpu"):
+        check_distributed_support(method, str(DistributedType.FSDP))
+    for ok in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_distributed_support(method, str(ok))
+    for student in ("sft", "risd"):  # the students only call the wrapped forward: FSDP is fine
+        check_distributed_support(student, str(DistributedType.FSDP))
