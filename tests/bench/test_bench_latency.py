@@ -62,6 +62,8 @@ def test_config_is_validated():
         LatencyBenchConfig(timing="random")
     with pytest.raises(ValueError, match="block >= 1"):
         LatencyBenchConfig(block=0)
+    with pytest.raises(ValueError):
+        LatencyBenchConfig(batch_sizes=(0,))
 
 
 def test_interleaved_timing_is_still_available(tmp_path):
@@ -77,8 +79,6 @@ def test_interleaved_timing_is_still_available(tmp_path):
         ("torch", "interleaved", 3),
         ("onnx-fp32", "interleaved", 3),
     ]
-    with pytest.raises(ValueError):
-        LatencyBenchConfig(batch_sizes=(0,))
 
 
 def test_tensorrt_backend_without_tensorrt_stops_before_exporting(tmp_path, capsys, monkeypatch):
