@@ -53,3 +53,39 @@ def tiny_dir(tiny, tmp_path_factory):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Fuzz tests: a per-example time limit, so that a hang fails the example instead of stalling CI.
+# --------------------------------------------------------------------------------------------------
+
+
+class ExampleTimeout(Exception):
+    """Raised inside a fuzz example that ran past its time limit (a hang is a failure, never a wait)."""
+
+
+@pytest.fixture(scope="session")
+def time_limit():
+    """``with time_limit(seconds): ...`` raises :class:`ExampleTimeout` if the block runs longer.
+
+    SIGALRM-based (main thread, POSIX), like pytest-timeout's signal method, which is not a dependency.
+    A blocking ``open()`` of a FIFO is interrupted too: the signal handler raises inside the system call.
+    Session-scoped, so hypothesis ``@given`` tests can take it (it holds no per-test state).
+    """
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: float):
+        def on_alarm(signum, frame):
+            raise ExampleTimeout(f"example ran longer than {seconds} s (a hang)")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return limit

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .config import ZRewardConfig, fill_template
 from .errors import InvalidImageError, InvalidModelError, InvalidPromptError
+from .fileio import open_regular_file
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
 
@@ -56,32 +57,72 @@ _PIL_MODES = {
 # --------------------------------------------------------------------------------------------------
 
 
-def load_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Image.Image:  # noqa: F821
-    """Open and fully decode an image file; every failure is an :class:`InvalidImageError` naming it."""
+def _open_image(name: str, f: Any, max_pixels: int) -> PIL.Image.Image:  # noqa: F821
+    """``Image.open`` on an open file, refusing bombs from the header (before any pixel is decoded)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # Scoped: turn PIL's decompression-bomb *warning* into an error without touching PIL's globals.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(f)
+    _check_size(name, image.size, max_pixels)
+    return image
+
+
+def _decode_error(name: str, exc: BaseException) -> InvalidImageError:
+    """The one error for any failure of a decoder: PIL's plugins raise OSError, SyntaxError, ValueError,
+    NotImplementedError (corrupt DDS), struct.error, IndexError, MemoryError, ... depending on the format
+    and the damage; whatever they raise, the caller gets an :class:`InvalidImageError` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(exc, InvalidImageError):
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return InvalidImageError(name, f"refused as a decompression bomb ({exc})")
+    if isinstance(exc, UnidentifiedImageError):
+        return InvalidImageError(name, "not a readable image (unknown or corrupt format)")
+    if isinstance(exc, MemoryError):
+        return InvalidImageError(name, "cannot be decoded: out of memory while decoding")
+    return InvalidImageError(name, f"cannot be decoded ({type(exc).__name__}: {exc})")
+
+
+def probe_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (cheap: no pixel is decoded).
+
+    Refuses, as an :class:`InvalidImageError` naming the file: anything but a regular file (a FIFO would
+    block forever), unknown or corrupt formats, zero sizes and images over ``max_pixels``. Truncated pixel
+    data is *not* detected here; :func:`load_image_file` decodes everything.
+    """
     name = str(path)
-    if not os.path.exists(name):
-        raise InvalidImageError(name, "file does not exist")
-    if os.path.isdir(name):
-        raise InvalidImageError(name, "is a directory, not an image file")
-    try:
-        # Scoped: turn PIL's decompression-bomb *warning* into an error without touching PIL's globals.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(name)
-            _check_size(name, image.size, max_pixels)  # header only: refuse bombs before decoding
+    with open_regular_file(name, InvalidImageError) as f:
+        try:
+            with _open_image(name, f, max_pixels) as image:
+                return image.size
+        except Exception as exc:
+            raise _decode_error(name, exc) from None
+
+
+def load_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Image.Image:  # noqa: F821
+    """Open and fully decode an image file, applying its EXIF orientation as image viewers do.
+
+    Every failure is an :class:`InvalidImageError` naming the file (see :func:`probe_image_file` for what
+    is refused before decoding; any exception of a decoder is caught, whatever its type).
+    """
+    from PIL import ImageOps
+
+    name = str(path)
+    with open_regular_file(name, InvalidImageError) as f:
+        try:
+            image = _open_image(name, f, max_pixels)
             image.load()  # decode now so truncated files fail here, not later inside a batch
-    except InvalidImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(name, f"refused as a decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise InvalidImageError(name, "not a readable image (unknown or corrupt format)") from None
-    except OSError as exc:  # truncated data, I/O errors
-        raise InvalidImageError(name, f"cannot be decoded: {exc}") from None
-    except (SyntaxError, ValueError) as exc:  # some PIL plugins raise these on corrupt headers
-        raise InvalidImageError(name, f"corrupt image: {exc}") from None
+        except Exception as exc:
+            raise _decode_error(name, exc) from None
+    try:
+        # A photo taken sideways stores upright pixels plus an orientation tag; a broken tag is ignored,
+        # as viewers ignore it, rather than refusing pixels that decoded fine.
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:
+        pass
     return image
 
 
