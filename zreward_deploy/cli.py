@@ -1,5 +1,9 @@
 """The ``zreward`` command line: ``zreward <group> <command> ...``.
 
+Errors: bad input (:class:`ZRewardInputError`) and missing extras print one line and exit 2; a failed file
+operation (read-only folder, full disk) prints the path and the system's reason and exits 1. Set
+``ZREWARD_DEBUG=1`` to get the traceback instead.
+
 Thin by design: each command group lives in ``zreward_deploy/commands/<group>.py`` with a
 ``register(subparsers)`` function that only declares arguments; the command functions import the heavy
 libraries (torch, transformers, onnxruntime, ...) when they run, so ``zreward --help`` is instant.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,8 +58,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ZRewardInputError, MissingDependencyError) as exc:
-        print(f"zreward: error: {exc}", file=sys.stderr)
+        if os.environ.get("ZREWARD_DEBUG"):
+            raise
+        print_error(str(exc))
         return 2
+    except OSError as exc:
+        # A read-only folder, a full disk, a missing parent: the system's own words and the path, in one
+        # line (ZREWARD_DEBUG=1 shows the traceback instead).
+        if os.environ.get("ZREWARD_DEBUG"):
+            raise
+        print_error(os_error_message(exc))
+        return 1
+
+
+def print_error(message: str) -> None:
+    """``zreward: error: ...`` on stderr; characters the terminal cannot encode (a lone surrogate from an
+    undecodable file name) are escaped instead of raising while reporting the error."""
+    line = f"zreward: error: {message}"
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    print(line.encode(encoding, "backslashreplace").decode(encoding), file=sys.stderr)
+
+
+def os_error_message(exc: OSError) -> str:
+    """``'path': Permission denied`` from an OSError (both paths for a failed rename or copy)."""
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(repr(str(p)) for p in paths)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}" if where else reason
 
 
 if __name__ == "__main__":

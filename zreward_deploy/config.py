@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
 from .errors import InvalidModelError, UnknownDimensionError, ZRewardInputError
+from .fileio import read_json_object
 
 # --------------------------------------------------------------------------------------------------
 # Score scale
@@ -302,8 +305,11 @@ class ZRewardConfig(PretrainedConfig):
                 "vision_feature_select", f"must be 'full' or 'patch', got {vision_feature_select!r}"
             )
         self.vision_feature_select = vision_feature_select
-        self.image_mean = [float(x) for x in image_mean]
-        self.image_std = [float(x) for x in image_std]
+        self.image_mean = _channel_values("image_mean", image_mean)
+        self.image_std = _channel_values("image_std", image_std)
+        if not all(x > 0 for x in self.image_std):
+            # a zero std divides every pixel by zero: the model would score NaN for every image
+            raise InvalidModelError("image_std", f"every channel must be > 0, got {self.image_std}")
         scale = ScoreScale(**score_scale) if score_scale is not None else ScoreScale()
         self.score_scale = scale.to_dict()
         self.score_token_ids = [int(i) for i in score_token_ids] if score_token_ids is not None else None
@@ -354,6 +360,17 @@ class ZRewardConfig(PretrainedConfig):
         return {"min": format_score(scale.min), "max": format_score(scale.max)}
 
 
+def _channel_values(name: str, values: Any) -> list[float]:
+    """Three finite per-channel numbers (RGB), or :class:`InvalidModelError` naming the field."""
+    try:
+        out = [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise InvalidModelError(name, f"must be three numbers (R, G, B), got {values!r}") from None
+    if len(out) != 3 or not all(math.isfinite(x) for x in out):
+        raise InvalidModelError(name, f"must be three finite numbers (R, G, B), got {values!r}")
+    return out
+
+
 def _sub_config(value: PretrainedConfig | dict | None, default_type: str) -> PretrainedConfig:
     if isinstance(value, PretrainedConfig):
         return value
@@ -367,3 +384,15 @@ def _sub_config(value: PretrainedConfig | dict | None, default_type: str) -> Pre
     if model_type not in CONFIG_MAPPING:
         raise InvalidModelError("config", f"unknown sub-config model_type {model_type!r}")
     return CONFIG_MAPPING[model_type](**{k: v for k, v in value.items() if k != "model_type"})
+
+
+def load_config(directory: str | os.PathLike) -> ZRewardConfig:
+    """The ``config.json`` of a model folder; any failure is an :class:`InvalidModelError` naming it."""
+    path = Path(directory, "config.json")
+    read_json_object(path, InvalidModelError)  # not a file, not JSON, not an object: say so plainly
+    try:
+        return ZRewardConfig.from_pretrained(str(directory), local_files_only=True)
+    except InvalidModelError as exc:
+        raise InvalidModelError(str(path), f"{exc.item}: {exc.reason}") from None
+    except Exception as exc:
+        raise InvalidModelError(str(path), f"is not a usable config ({type(exc).__name__}: {exc})") from None

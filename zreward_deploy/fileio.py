@@ -18,6 +18,7 @@ synth, benchmarks) or reads a file a user named (images, datasets, model folders
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -25,12 +26,14 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import ZRewardInputError
 
 
-def open_regular_file(path: str | os.PathLike, error: type[ZRewardInputError] = ZRewardInputError) -> BinaryIO:
+def open_regular_file(
+    path: str | os.PathLike, error: type[ZRewardInputError] = ZRewardInputError
+) -> BinaryIO:
     """Open ``path`` for binary reading if it is a regular file; raise ``error(path, reason)`` otherwise.
 
     Missing files, folders, FIFOs, sockets and devices are refused without ever blocking; a permission
@@ -67,6 +70,22 @@ def open_regular_file(path: str | os.PathLike, error: type[ZRewardInputError] = 
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_json_object(
+    path: str | os.PathLike, error: type[ZRewardInputError] = ZRewardInputError
+) -> dict[str, Any]:
+    """A JSON file that must hold one object; anything else raises ``error(path, reason)``: not a regular
+    file, not UTF-8, not JSON, nested too deep, or a JSON value that is not an object."""
+    with open_regular_file(path, error) as f:
+        raw = f.read()
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(os.fspath(path), f"is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error(os.fspath(path), f"must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def is_regular_file(path: str | os.PathLike) -> bool:

@@ -29,8 +29,9 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .config import ZRewardConfig
+from .config import ZRewardConfig, load_config
 from .errors import InvalidModelError
+from .fileio import atomic_directory, is_regular_file, read_json_object
 from .kernels.score_head import ScoreHeadOutput, score_head
 
 SUPPORTED_TEXT_MODELS = ("qwen2", "qwen3", "llama")
@@ -169,10 +170,16 @@ class ZRewardModel(ZRewardPreTrainedModel):
         check_model_dir(directory)
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("local_files_only", True)
+        if kwargs.get("config") is None:
+            kwargs["config"] = load_config(directory)  # config errors name config.json
         try:
             model, info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            raise InvalidModelError(str(directory), f"cannot load the model: {exc}") from None
+        except InvalidModelError:
+            raise
+        except Exception as exc:  # config values transformers refuses, shapes torch refuses, ...
+            raise InvalidModelError(
+                str(directory), f"cannot load the model ({type(exc).__name__}: {exc})"
+            ) from None
         missing = [
             k
             for k in info["missing_keys"]
@@ -183,6 +190,7 @@ class ZRewardModel(ZRewardPreTrainedModel):
                 str(directory),
                 f"weights do not match the config (missing {missing[:5]}, mismatched {info.get('mismatched_keys', [])[:5]})",
             )
+        check_finite_weights(model, directory)
         return model
 
     # -- building blocks ------------------------------------------------------------------------------
@@ -339,28 +347,40 @@ def multi_suffix_mask(
     return mask.unsqueeze(1), position_ids
 
 
+def save_model_dir(
+    model: ZRewardModel,
+    processor: Any,
+    directory: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Save ``model`` and its processor to ``directory`` atomically: a reader (or a crash) sees the previous
+    folder or the complete new one, never a mix (``fileio.atomic_directory``). Whether replacing an
+    existing folder is allowed is the caller's decision (``fileio.check_output_dir``)."""
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+
+
 def check_model_dir(directory: Path) -> None:
-    """Refuse directories that are not zreward models or that only carry pickle weights."""
+    """Refuse, naming the file, anything that would fail later or load a broken model: a missing or
+    non-object ``config.json``, another model type, pickle-only weights, and safetensors files whose header
+    is empty, corrupt or describes more bytes than the file holds (a truncated download or copy)."""
     if not directory.is_dir():
         raise InvalidModelError(str(directory), "is not a directory")
     config_file = directory / "config.json"
     if not config_file.exists():
         raise InvalidModelError(str(directory), "has no config.json")
-    import json
-
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise InvalidModelError(str(config_file), f"is not valid JSON ({exc})") from None
+    config = read_json_object(config_file, InvalidModelError)
+    model_type = config.get("model_type")
     if model_type != ZRewardConfig.model_type:
         raise InvalidModelError(
             str(directory), f"config.json is for model_type {model_type!r}, not {ZRewardConfig.model_type!r}"
         )
-    has_safetensors = any(directory.glob("*.safetensors"))
+    weights = sorted(directory.glob("*.safetensors"))
     pickles = sorted(
         p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
     )
-    if not has_safetensors:
+    if not weights:
         if pickles:
             raise InvalidModelError(
                 str(directory),
@@ -368,3 +388,39 @@ def check_model_dir(directory: Path) -> None:
                 "loaded and are refused. Convert them to safetensors (model.save_pretrained) first.",
             )
         raise InvalidModelError(str(directory), "has no *.safetensors weights")
+    for path in weights:
+        check_safetensors_file(path)
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Open a safetensors file's header (cheap: no tensor is read) and check that the tensors it lists fit
+    in the file; an empty, truncated or corrupt file raises :class:`InvalidModelError` naming it."""
+    from safetensors import safe_open
+
+    if not is_regular_file(path):
+        raise InvalidModelError(str(path), "is not a regular file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) and others
+        raise InvalidModelError(
+            str(path),
+            f"is not a readable safetensors file ({type(exc).__name__}: {exc}); re-save or re-copy it",
+        ) from None
+
+
+def check_finite_weights(model: nn.Module, directory: Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model would score NaN for every input, silently.
+
+    One float32 sum per tensor (NaN and infinity propagate through a sum; no per-element temporary).
+    """
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if not tensor.is_floating_point() or tensor.is_meta or not tensor.numel():
+                continue
+            if not torch.isfinite(tensor.sum(dtype=torch.float32)):
+                if torch.isfinite(tensor).all():  # finite values whose sum overflows fp32: fine
+                    continue
+                raise InvalidModelError(
+                    str(directory), f"weight {name!r} holds NaN or infinite values; the checkpoint is corrupt"
+                )

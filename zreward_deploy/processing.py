@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -24,15 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ZRewardConfig, fill_template
+from .config import ZRewardConfig, fill_template, load_config
 from .errors import InvalidImageError, InvalidModelError, InvalidPromptError
-from .fileio import open_regular_file
+from .fileio import read_json_object
+from .imagefile import (  # noqa: F401 - probe_image_file: re-exported for callers of this module
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_image_size,
+    load_image_file,
+    probe_image_file,
+)
 
 ImageInput = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
-
-# Decompression-bomb limit: refuse images with more pixels than this before decoding them. 8192x8192 is
-# far beyond any generator's output and keeps one decoded RGB image under ~200 MB.
-DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _PIL_MODES = {
@@ -57,138 +59,140 @@ _PIL_MODES = {
 # --------------------------------------------------------------------------------------------------
 
 
-def _open_image(name: str, f: Any, max_pixels: int) -> PIL.Image.Image:  # noqa: F821
-    """``Image.open`` on an open file, refusing bombs from the header (before any pixel is decoded)."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        # Scoped: turn PIL's decompression-bomb *warning* into an error without touching PIL's globals.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(f)
-    _check_size(name, image.size, max_pixels)
-    return image
+RowReader = Callable[[int, int], np.ndarray]
+"""``rows(top, bottom)`` -> the ``[bottom - top, W, C]`` numpy rows of an image (any dtype)."""
 
 
-def _decode_error(name: str, exc: BaseException) -> InvalidImageError:
-    """The one error for any failure of a decoder: PIL's plugins raise OSError, SyntaxError, ValueError,
-    NotImplementedError (corrupt DDS), struct.error, IndexError, MemoryError, ... depending on the format
-    and the damage; whatever they raise, the caller gets an :class:`InvalidImageError` naming the file."""
-    from PIL import Image, UnidentifiedImageError
+def _pil_rows(image: PIL.Image.Image, item: Any) -> tuple[RowReader, float]:  # noqa: F821
+    """A PIL image -> (a reader of its rows as ``[h, W, C]`` numpy arrays, the value of full intensity).
 
-    if isinstance(exc, InvalidImageError):
-        return exc
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return InvalidImageError(name, f"refused as a decompression bomb ({exc})")
-    if isinstance(exc, UnidentifiedImageError):
-        return InvalidImageError(name, "not a readable image (unknown or corrupt format)")
-    if isinstance(exc, MemoryError):
-        return InvalidImageError(name, "cannot be decoded: out of memory while decoding")
-    return InvalidImageError(name, f"cannot be decoded ({type(exc).__name__}: {exc})")
-
-
-def probe_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header alone (cheap: no pixel is decoded).
-
-    Refuses, as an :class:`InvalidImageError` naming the file: anything but a regular file (a FIFO would
-    block forever), unknown or corrupt formats, zero sizes and images over ``max_pixels``. Truncated pixel
-    data is *not* detected here; :func:`load_image_file` decodes everything.
+    Rows are cropped and converted strip by strip (every mode conversion here is per pixel, so this
+    equals converting the whole image), so no second full-size copy of the image is made. 16-bit
+    greyscale keeps its full range (C = 1, 65535); modes with alpha become RGBA (C = 4); palette, CMYK and
+    YCbCr convert through RGB. Float ("F") and other exotic modes have no defined range and are refused.
     """
-    name = str(path)
-    with open_regular_file(name, InvalidImageError) as f:
-        try:
-            with _open_image(name, f, max_pixels) as image:
-                return image.size
-        except Exception as exc:
-            raise _decode_error(name, exc) from None
-
-
-def load_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PIL.Image.Image:  # noqa: F821
-    """Open and fully decode an image file, applying its EXIF orientation as image viewers do.
-
-    Every failure is an :class:`InvalidImageError` naming the file (see :func:`probe_image_file` for what
-    is refused before decoding; any exception of a decoder is caught, whatever its type).
-    """
-    from PIL import ImageOps
-
-    name = str(path)
-    with open_regular_file(name, InvalidImageError) as f:
-        try:
-            image = _open_image(name, f, max_pixels)
-            image.load()  # decode now so truncated files fail here, not later inside a batch
-        except Exception as exc:
-            raise _decode_error(name, exc) from None
-    try:
-        # A photo taken sideways stores upright pixels plus an orientation tag; a broken tag is ignored,
-        # as viewers ignore it, rather than refusing pixels that decoded fine.
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:
-        pass
-    return image
-
-
-def _check_size(item: Any, size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise InvalidImageError(item, f"has zero size ({width}x{height})")
-    if width * height > max_pixels:
-        raise InvalidImageError(
-            item, f"has {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
-        )
-
-
-def pil_to_tensor(image: PIL.Image.Image, item: Any = None) -> torch.Tensor:  # noqa: F821
-    """A PIL image of any common mode -> float ``[3, H, W]`` in [0, 1].
-
-    Alpha is composited over white (a transparent background reads as white, not as black); 16-bit
-    greyscale keeps its full range; palette and CMYK/YCbCr convert through RGB. Float ("F") and other
-    exotic modes have no defined range and are refused.
-    """
-    mode = image.mode
+    mode, width = image.mode, image.width
     if mode not in _PIL_MODES:
         raise InvalidImageError(
             item, f"unsupported image mode {mode!r}; use RGB, RGBA, L, P, 16-bit L or CMYK"
         )
-    _check_size(item, image.size, DEFAULT_MAX_IMAGE_PIXELS)
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        array = np.asarray(image).astype(np.float32)
-        # "I" holds 32-bit ints; PNG 16-bit greyscale decodes to it in some PIL versions.
-        if array.min() < 0 or array.max() > 65535:
-            raise InvalidImageError(item, f"mode {mode!r} values outside the 16-bit range")
-        gray = torch.from_numpy(array / 65535.0)
-        return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        array = np.asarray(rgba).astype(np.float32) / 255.0
-        rgb, alpha = array[..., :3], array[..., 3:4]
-        array = rgb * alpha + (1.0 - alpha)  # over white
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
-    array = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+        def sixteen_bit(top: int, bottom: int) -> np.ndarray:
+            array = np.asarray(image.crop((0, top, width, bottom)))
+            # "I" holds 32-bit ints; PNG 16-bit greyscale decodes to it in some PIL versions.
+            if array.min() < 0 or array.max() > 65535:
+                raise InvalidImageError(item, f"mode {mode!r} values outside the 16-bit range")
+            return array[..., None]
+
+        return sixteen_bit, 65535.0
+    alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
+    target = "RGBA" if alpha else "RGB"
+
+    def eight_bit(top: int, bottom: int) -> np.ndarray:
+        crop = image.crop((0, top, width, bottom))
+        return np.asarray(crop if crop.mode == target else crop.convert(target))
+
+    return eight_bit, 255.0
 
 
-def numpy_to_tensor(array: np.ndarray, item: Any = None) -> torch.Tensor:
-    """A numpy image ``[H, W]``, ``[H, W, 1|3|4]`` (uint8, uint16 or float in [0, 1]) -> ``[3, H, W]``."""
+def _numpy_image(array: np.ndarray, item: Any) -> tuple[np.ndarray, float]:
+    """A numpy image ``[H, W]`` / ``[H, W, 1|3|4]`` -> (``[H, W, C]`` array, the value of full intensity)."""
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise InvalidImageError(
             item, f"numpy images must be HxW or HxWxC with C in (1, 3, 4), got shape {tuple(array.shape)}"
         )
-    _check_size(item, (array.shape[1], array.shape[0]), DEFAULT_MAX_IMAGE_PIXELS)
     if array.dtype == np.uint8:
-        x = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        x = array.astype(np.float32) / 65535.0
-    elif np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
-        x = array.astype(np.float32)
-    else:
-        raise InvalidImageError(item, f"unsupported numpy dtype {array.dtype}; use uint8, uint16 or float")
-    tensor = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
-    return _finish_float_tensor(tensor, item)
+        return array, 255.0
+    if array.dtype == np.uint16:
+        return array, 65535.0
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_:
+        return array, 1.0
+    raise InvalidImageError(item, f"unsupported numpy dtype {array.dtype}; use uint8, uint16 or float")
 
 
-def torch_to_tensor(tensor: torch.Tensor, item: Any = None) -> torch.Tensor:
-    """A torch image ``[C, H, W]`` (C in 1, 3, 4; uint8 or float in [0, 1]) -> float ``[3, H, W]``.
+_TORCH_READABLE = {np.dtype(t) for t in (np.uint8, np.int32, np.float16, np.float32, np.float64, np.bool_)}
+
+# Rows are converted to float in strips of about this many pixels (48 MB of fp32 RGB), so a large image
+# never exists in float32 at full resolution when it is scored (see rows_to_tensor).
+STRIP_PIXELS = 1 << 22
+
+
+def rows_to_tensor(
+    rows: RowReader, height: int, width: int, full: float, item: Any = None, size: int | None = None
+) -> torch.Tensor:
+    """An image given by its row reader (``[h, W, C]`` arrays, C in 1, 3, 4; ``full`` = the value of full
+    intensity) -> float ``[3, H, W]`` in [0, 1], or ``[3, size, size]`` when ``size`` is given.
+
+    Works in strips of rows: each strip is converted to float, checked, composited (alpha over white,
+    grey to RGB) and, with ``size``, resized in width at once; the height is resized last. The antialiased
+    bilinear resize is separable (width, then height), so the result is bit-identical to resizing the whole
+    float image with :func:`preprocess_tensor`, while the float32 copy in flight is one strip
+    (:data:`STRIP_PIXELS`) instead of 12 bytes per pixel of the whole image.
+    """
+    step = max(1, STRIP_PIXELS // max(width, 1))
+    parts = []
+    for top in range(0, height, step):
+        strip = rows(top, min(top + step, height))
+        if strip.dtype not in _TORCH_READABLE:  # uint16, float128, ...: numpy casts, one strip at a time
+            strip = strip.astype(np.float32)
+        # one pass: the cast to fp32 and the HWC -> CHW transpose in the same copy (never written in
+        # place: the source may be the caller's array or PIL's read-only buffer, hence the silenced warning)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(strip)).permute(2, 0, 1)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        if full != 1.0:
+            x.div_(full)
+        # integers divided by their full scale are in [0, 1] by construction: only floats need checks
+        x = _finish_float_tensor(x, item) if strip.dtype.kind == "f" else _channels_to_rgb(x)
+        if size is not None and width != size:
+            x = _resize(x.unsqueeze(0), (x.shape[1], size))[0]
+        parts.append(x)
+    x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    if size is not None and height != size:
+        x = _resize(x.unsqueeze(0), (size, size))[0]
+    return x
+
+
+def pil_to_tensor(
+    image: PIL.Image.Image,  # noqa: F821
+    item: Any = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    size: int | None = None,
+) -> torch.Tensor:
+    """A PIL image of any common mode -> float ``[3, H, W]`` in [0, 1] (``[3, size, size]`` with ``size``).
+
+    Alpha is composited over white (a transparent background reads as white, not as black); 16-bit
+    greyscale keeps its full range; palette and CMYK/YCbCr convert through RGB. Float ("F") and other
+    exotic modes have no defined range and are refused.
+    """
+    check_image_size(item, image.size, max_pixels)
+    rows, full = _pil_rows(image, item)
+    return rows_to_tensor(rows, image.height, image.width, full, item, size)
+
+
+def numpy_to_tensor(
+    array: np.ndarray, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, size: int | None = None
+) -> torch.Tensor:
+    """A numpy image ``[H, W]``, ``[H, W, 1|3|4]`` (uint8, uint16 or float in [0, 1]) -> ``[3, H, W]``
+    (``[3, size, size]`` with ``size``)."""
+    array, full = _numpy_image(array, item)
+    height, width, _ = array.shape
+    check_image_size(item, (width, height), max_pixels)
+    return rows_to_tensor(lambda top, bottom: array[top:bottom], height, width, full, item, size)
+
+
+def torch_to_tensor(
+    tensor: torch.Tensor,
+    item: Any = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    size: int | None = None,
+) -> torch.Tensor:
+    """A torch image ``[C, H, W]`` (C in 1, 3, 4; uint8 or float in [0, 1]) -> float ``[3, H, W]``
+    (``[3, size, size]`` with ``size``).
 
     Keeps the device and, for float input, the autograd graph.
     """
@@ -196,16 +200,19 @@ def torch_to_tensor(tensor: torch.Tensor, item: Any = None) -> torch.Tensor:
         raise InvalidImageError(
             item, f"torch images must be CxHxW with C in (1, 3, 4), got shape {tuple(tensor.shape)}"
         )
-    _check_size(item, (tensor.shape[2], tensor.shape[1]), DEFAULT_MAX_IMAGE_PIXELS)
+    check_image_size(item, (tensor.shape[2], tensor.shape[1]), max_pixels)
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
     elif not tensor.is_floating_point():
         raise InvalidImageError(item, f"unsupported tensor dtype {tensor.dtype}; use uint8 or float")
-    return _finish_float_tensor(tensor, item)
+    x = _finish_float_tensor(tensor, item)
+    if size is not None and x.shape[-2:] != (size, size):
+        x = _resize(x.unsqueeze(0), (size, size))[0]
+    return x
 
 
 def _finish_float_tensor(x: torch.Tensor, item: Any) -> torch.Tensor:
-    """Channel handling and range checks shared by the numpy and torch paths; x is ``[C, H, W]``."""
+    """Channel handling and range checks shared by every input form; x is ``[C, H, W]``."""
     if not torch.isfinite(x).all():
         raise InvalidImageError(item, "contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
@@ -214,7 +221,11 @@ def _finish_float_tensor(x: torch.Tensor, item: Any) -> torch.Tensor:
             item,
             f"float image values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}] (uint8 arrays may be 0..255)",
         )
-    x = x.float().clamp(0.0, 1.0)
+    return _channels_to_rgb(x.float().clamp(0.0, 1.0))
+
+
+def _channels_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W]`` in [0, 1] with C in 1, 3, 4 -> ``[3, H, W]``: grey repeated, alpha over white."""
     if x.shape[0] == 1:
         return x.expand(3, -1, -1)
     if x.shape[0] == 4:
@@ -224,23 +235,83 @@ def _finish_float_tensor(x: torch.Tensor, item: Any) -> torch.Tensor:
 
 
 def image_to_tensor(
-    image: ImageInput, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image: ImageInput, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, size: int | None = None
 ) -> torch.Tensor:
-    """Any supported image (path, PIL, numpy, torch) -> float ``[3, H, W]`` in [0, 1]."""
+    """Any supported image (path, PIL, numpy, torch) -> float ``[3, H, W]`` in [0, 1].
+
+    With ``size``, the image is resized to ``[3, size, size]`` as it is converted (the scoring path:
+    the full-resolution float image never exists; see :func:`array_to_tensor`). ``max_pixels`` applies to
+    every input form. Every failure is an :class:`InvalidImageError` naming ``item`` (or the file).
+    """
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
-        return pil_to_tensor(load_image_file(image, max_pixels), item if item is not None else str(image))
+        name = item if item is not None else str(image)
+        pil = load_image_file(image, max_pixels)
+        try:
+            return pil_to_tensor(pil, name, max_pixels, size)
+        finally:
+            pil.close()  # the decoded pixels are not needed once converted: free them now
     if isinstance(image, Image.Image):
-        _check_size(item, image.size, max_pixels)
-        return pil_to_tensor(image, item)
+        return pil_to_tensor(image, item, max_pixels, size)
     if isinstance(image, np.ndarray):
-        return numpy_to_tensor(image, item)
+        return numpy_to_tensor(image, item, max_pixels, size)
     if isinstance(image, torch.Tensor):
-        return torch_to_tensor(image, item)
+        return torch_to_tensor(image, item, max_pixels, size)
     raise InvalidImageError(
         item, f"unsupported image type {type(image).__name__}; use a path, PIL, numpy or torch"
     )
+
+
+FLOAT_IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+RANGE_SLACK = 1e-3
+"""Float images may overshoot [0, 1] by this much (a generator's decoder output, rounding); anything
+further out is refused, as it means another value range (0..255, [-1, 1]). The non-differentiable path
+clamps the overshoot; the differentiable path keeps it, so the gradient is not cut."""
+
+
+def check_image_batch(images: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    """Validate a batch for the differentiable path: a ``[B, 3, H, W]`` float tensor (fp16, bf16, fp32 or
+    fp64), B >= 1, 1 <= H * W <= ``max_pixels``, every value finite and in [0, 1] (up to
+    :data:`RANGE_SLACK`). Raises :class:`InvalidImageError` naming ``images`` or the first bad item.
+
+    Costs one device synchronisation (the min and max of the batch, read together).
+    """
+    if not isinstance(images, torch.Tensor):
+        raise InvalidImageError("images", f"must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InvalidImageError("images", f"expected [B, 3, H, W], got shape {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    if b == 0:
+        raise InvalidImageError("images", "is an empty batch (B = 0)")
+    check_image_size("images", (w, h), max_pixels)
+    if images.dtype == torch.uint8:
+        raise InvalidImageError(
+            "images", "is uint8; the differentiable path takes floats in [0, 1]: pass images.float() / 255"
+        )
+    if images.dtype not in FLOAT_IMAGE_DTYPES:
+        raise InvalidImageError(
+            "images", f"dtype {images.dtype} is not supported; use float16, bfloat16, float32 or float64"
+        )
+    with torch.no_grad():
+        flat = images.detach().reshape(b, -1)
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)  # NaN propagates through both; +-inf shows in one
+        bounds = torch.stack([lo, hi]).float().cpu()
+    bad = ~torch.isfinite(bounds).all(dim=0) | (bounds[0] < -RANGE_SLACK) | (bounds[1] > 1 + RANGE_SLACK)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        if not torch.isfinite(images[i].detach()).all():
+            raise InvalidImageError(i, "contains NaN or infinite values")
+        raise InvalidImageError(
+            i,
+            f"float image values must lie in [0, 1], got [{float(bounds[0, i]):.4g}, {float(bounds[1, i]):.4g}]"
+            " (uint8 images: divide by 255; [-1, 1] images: map with (x + 1) / 2)",
+        )
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The package's one resize: bilinear, antialiased, half-pixel centres, ``[B, C, H, W]``."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,9 +333,7 @@ def preprocess_tensor(
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        )
+        x = _resize(x, (image_size, image_size))
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -288,6 +357,14 @@ class ZRewardProcessor:
     def __init__(
         self, tokenizer: Any, config: ZRewardConfig, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     ):
+        if (
+            isinstance(max_image_pixels, bool)
+            or not isinstance(max_image_pixels, int)
+            or max_image_pixels < 1
+        ):
+            raise InvalidModelError(
+                "max_image_pixels", f"must be a positive integer, got {max_image_pixels!r}"
+            )
         self.tokenizer = tokenizer
         self.config = config
         self.max_image_pixels = max_image_pixels
@@ -313,32 +390,54 @@ class ZRewardProcessor:
     def from_pretrained(
         cls, directory: str | os.PathLike, config: ZRewardConfig | None = None
     ) -> ZRewardProcessor:
+        """Load the tokenizer and ``zreward_processor.json`` of a model (or export) folder.
+
+        Every failure (a corrupt tokenizer file of any kind, a processor file that is not a JSON object or
+        has unknown or invalid settings, a config that cannot be read) raises :class:`InvalidModelError`
+        naming the folder or the file.
+        """
         from transformers import AutoTokenizer
 
         directory = str(directory)
         if config is None:
-            config = ZRewardConfig.from_pretrained(directory)
+            config = load_config(directory)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # the Rust tokenizer raises a bare Exception on a corrupt tokenizer.json
             raise InvalidModelError(
-                directory, f"no usable tokenizer in the model directory ({exc})"
+                directory, f"no usable tokenizer in the model directory ({type(exc).__name__}: {exc})"
             ) from None
-        extra = {}
+        extra: dict[str, Any] = {}
         path = Path(directory, PROCESSOR_FILE)
         if path.exists():
-            extra = json.loads(path.read_text())
-        return cls(tokenizer, config, **extra)
+            extra = read_json_object(path, InvalidModelError)
+            unknown = sorted(set(extra) - {"max_image_pixels"})
+            if unknown:
+                raise InvalidModelError(str(path), f"unknown settings {unknown}; known: ['max_image_pixels']")
+        try:
+            return cls(tokenizer, config, **extra)
+        except InvalidModelError as exc:
+            raise InvalidModelError(str(path) if exc.item in extra else directory, exc.reason) from None
 
     # -- text ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def validate_prompt(self, prompt: Any, item: Any = None) -> str:
+        """The prompt if it is a non-empty string of valid Unicode; else :class:`InvalidPromptError`."""
         if not isinstance(prompt, str):
             raise InvalidPromptError(item, f"prompt must be a string, got {type(prompt).__name__}")
         if not prompt.strip():
             raise InvalidPromptError(item, "prompt is empty")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate: what invalid UTF-8 bytes become when decoded with surrogateescape
+            # (command-line arguments, some file readers); no tokenizer can encode it.
+            raise InvalidPromptError(
+                item,
+                f"prompt is not valid Unicode (a lone surrogate at character {exc.start}; invalid UTF-8?)",
+            ) from None
         return prompt
 
     def prompt_ids(self, prompt: str, item: Any = None, template: str = "student_prompt") -> list[int]:
@@ -400,8 +499,19 @@ class ZRewardProcessor:
 
     # -- images -------------------------------------------------------------------------------------
     def image_tensor(self, image: ImageInput, item: Any = None) -> torch.Tensor:
-        """One image -> float ``[3, H, W]`` in [0, 1] (validated)."""
+        """One image -> float ``[3, H, W]`` in [0, 1] at its own resolution (validated)."""
         return image_to_tensor(image, item=item, max_pixels=self.max_image_pixels)
+
+    def model_image(self, image: ImageInput, item: Any = None) -> torch.Tensor:
+        """One image -> float ``[3, S, S]`` in [0, 1], resized to the model's resolution as it is decoded.
+
+        The scoring path: memory per image in flight is bounded by the decode (about 7 bytes per pixel
+        for 8-bit RGB) plus one float strip, never 12+ bytes per pixel of a full-resolution float copy.
+        :meth:`pixel_values` of these equals :meth:`pixel_values` of :meth:`image_tensor` bit for bit.
+        """
+        return image_to_tensor(
+            image, item=item, max_pixels=self.max_image_pixels, size=self.config.image_size
+        )
 
     def pixel_values(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Float ``[3, H, W]`` images of any sizes -> ``pixel_values [B, 3, S, S]``."""
@@ -412,11 +522,13 @@ class ZRewardProcessor:
 
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images in any supported form -> ``pixel_values [B, 3, S, S]`` (raises on the first bad one)."""
-        return self.pixel_values([self.image_tensor(img, item=i) for i, img in enumerate(images)])
+        return self.pixel_values([self.model_image(img, item=i) for i, img in enumerate(images)])
 
     def preprocess_tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """The differentiable path: ``[B, 3, H, W]`` in [0, 1] on any device -> ``pixel_values``."""
-        if not torch.isfinite(images).all():
-            raise InvalidImageError("images", "contain NaN or infinite values")
+        """The differentiable path: ``[B, 3, H, W]`` in [0, 1] on any device -> ``pixel_values``.
+
+        Validated by :func:`check_image_batch` (shape, dtype, size limit, finite values in [0, 1]).
+        """
+        check_image_batch(images, self.max_image_pixels)
         c = self.config
         return preprocess_tensor(images, c.image_size, c.image_mean, c.image_std)

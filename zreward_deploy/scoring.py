@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .config import ZRewardConfig, format_score
-from .errors import ZRewardInputError
+from .devices import resolve_device
+from .errors import InvalidImageError, InvalidModelError, InvalidPromptError, ZRewardInputError
 from .modeling import ZRewardModel
 from .processing import ImageInput, ZRewardProcessor
 
@@ -128,13 +130,14 @@ class BaseScorer:
         """
         if errors not in ("raise", "collect"):
             raise ZRewardInputError("errors", f"must be 'raise' or 'collect', got {errors!r}")
+        check_image_sequence(images)
         prompts = _broadcast_prompts(prompts, len(images))
         names = [d.name for d in self.config.get_rubric().select(dimensions)]
         failures: dict[int, ZRewardInputError] = {}
         prompt_ids: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
             try:
-                prompt_ids[i] = self.processor.prompt_ids(prompt, item=i)
+                prompt_ids[i] = item_call(self.processor.prompt_ids, prompt, i, InvalidPromptError)
             except ZRewardInputError as exc:
                 if errors == "raise":
                     raise
@@ -146,9 +149,11 @@ class BaseScorer:
         std = torch.full_like(mean, math.nan)
         for chunk in self._chunks(prompt_ids):
             tensors, kept = [], []
-            for i in chunk:  # decode lazily, one micro-batch at a time, so memory stays bounded
+            for i in chunk:
+                # Decoded lazily, one at a time, and resized to the model's resolution at once: the
+                # memory in flight is one decoded image plus a micro-batch of S x S images.
                 try:
-                    tensors.append(self.processor.image_tensor(images[i], item=i))
+                    tensors.append(item_call(self.processor.model_image, images[i], i, InvalidImageError))
                     kept.append(i)
                 except ZRewardInputError as exc:
                     if errors == "raise":
@@ -159,6 +164,12 @@ class BaseScorer:
                 out = self._forward(self.processor.pixel_values(tensors), input_ids, attention_mask, names)
                 index = torch.tensor(kept)
                 probs[index], mean[index], std[index] = (t.float().cpu() for t in out)
+                for i in non_finite_rows(probs[index], kept):
+                    exc = InvalidModelError(i, NON_FINITE_REASON)
+                    if errors == "raise":
+                        raise exc
+                    failures[i] = exc
+                    probs[i], mean[i], std[i] = math.nan, math.nan, math.nan
             if progress is not None:
                 progress(len(chunk))
         if progress is not None and failures:
@@ -214,7 +225,7 @@ class Scorer(BaseScorer):
     ):
         if max_batch_size < 1:
             raise ZRewardInputError("max_batch_size", f"must be >= 1, got {max_batch_size}")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.processor = processor
         self.max_batch_size = max_batch_size
@@ -248,19 +259,23 @@ class Scorer(BaseScorer):
         """Score a batch of images already on the device, keeping the autograd graph.
 
         Args:
-            images: ``[B, 3, H, W]`` float in [0, 1] (e.g. a generator's decoded output), any H, W.
+            images: ``[B, 3, H, W]`` float16/bfloat16/float32/float64 in [0, 1] (e.g. a generator's decoded
+                output), B >= 1, any H, W up to the model's pixel limit. Refused with
+                :class:`InvalidImageError`: uint8 (divide by 255 first), other value ranges, NaN or
+                infinity, empty batches, other shapes (``processing.check_image_batch``).
             prompts: B prompts, or one prompt for all images.
             dimensions: rubric dimension names (default: all).
 
         Returns:
             :class:`ScoreResult` on the images' device; ``reward`` is differentiable w.r.t. ``images``
             (ReFL / DRaFT-style generator training). No micro-batching: the caller sizes the batch.
+            Scores are never NaN: a non-finite output raises :class:`InvalidModelError`.
         """
+        pixel_values = self.processor.preprocess_tensor(images)
         prompts = _broadcast_prompts(prompts, images.shape[0])
         names = [d.name for d in self.config.get_rubric().select(dimensions)]
-        pixel_values = self.processor.preprocess_tensor(images)
         input_ids, attention_mask = self.processor.pad(
-            [self.processor.prompt_ids(p, item=i) for i, p in enumerate(prompts)]
+            [item_call(self.processor.prompt_ids, p, i, InvalidPromptError) for i, p in enumerate(prompts)]
         )
         out = self.model(
             pixel_values.to(self.device),
@@ -268,12 +283,63 @@ class Scorer(BaseScorer):
             attention_mask.to(self.device),
             [s.to(self.device) for s in self.processor.suffix_ids(names)],
         )
+        bad = non_finite_rows(out.probs.detach(), range(len(prompts)))
+        if bad:
+            raise InvalidModelError(bad[0], f"{NON_FINITE_REASON} (items {bad[:10]})")
         return self._result(out.probs, out.mean, out.std, names, {})
+
+
+NON_FINITE_REASON = (
+    "the model produced non-finite scores for valid inputs (fp16 overflow, or weights damaged after loading)"
+)
+
+
+def non_finite_rows(probs: torch.Tensor, items: Sequence[int]) -> list[int]:
+    """The items (``items[r]`` for row r of ``probs [b, D, K]``) whose scores hold NaN or infinity: a
+    score is never returned as NaN without an error saying so. One device synchronisation."""
+    finite = torch.isfinite(probs.reshape(probs.shape[0], -1)).all(dim=1).cpu()
+    return [items[r] for r in (~finite).nonzero().flatten().tolist()]
+
+
+def item_call(fn: Callable[..., Any], value: Any, item: int, error: type[ZRewardInputError]) -> Any:
+    """``fn(value, item=item)`` with the per-item error contract: whatever fails while one item is read
+    (a decoder's own exception type, a tokenizer's TypeError, an allocation failure) becomes ``error``
+    naming that item, so ``errors="collect"`` keeps every other item's result."""
+    try:
+        return fn(value, item=item)
+    except ZRewardInputError:
+        raise
+    except Exception as exc:
+        raise error(item, f"could not be processed ({type(exc).__name__}: {exc})") from exc
+
+
+def check_image_sequence(images: Any) -> None:
+    """``score`` takes a sequence of images (or a batched ``[B, ...]`` array or tensor). One image given
+    alone (a path string, a PIL image, a single ``[C, H, W]`` tensor) would be iterated as characters or
+    rows: refuse it with a message saying to wrap it in a list."""
+    from PIL import Image
+
+    single = isinstance(images, (str, bytes, os.PathLike, Image.Image)) or (
+        isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim < 4
+    )
+    if single:
+        raise InvalidImageError(
+            "images",
+            f"expected a list of images, got one {type(images).__name__}; to score one image pass [image]",
+        )
+    if not isinstance(images, (Sequence, torch.Tensor, np.ndarray)):
+        raise InvalidImageError(
+            "images", f"expected a list of images (paths, PIL, numpy or torch), got {type(images).__name__}"
+        )
 
 
 def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
     if isinstance(prompts, str):
         return [prompts] * n
+    if isinstance(prompts, bytes) or not isinstance(prompts, Sequence):
+        raise InvalidPromptError(
+            "prompts", f"expected a string or a list of strings, got {type(prompts).__name__}"
+        )
     prompts = list(prompts)
     if len(prompts) == 1 and n > 1:
         return prompts * n

@@ -33,11 +33,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..errors import ZRewardInputError
     from ..evaluation import evaluate, format_table, metrics_json, write_per_item, write_plots
     from ..scoring import load_scorer
+    from .args import check_device
 
     if args.batch_size < 1:
         raise ZRewardInputError("--batch-size", f"must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ZRewardInputError("--limit", f"must be >= 1, got {args.limit}")
+    check_device(args.device)
     scorer = load_scorer(args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
     config = scorer.config
     records = load_split(args.data, args.split, scale=config.get_score_scale(), rubric=config.get_rubric())

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--text-model", default="qwen2", help="qwen2, qwen3 or llama (default: qwen2)")
     create.add_argument("--vision-model", default="siglip", help="siglip or clip (default: siglip)")
     create.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
-    create.add_argument("--out", required=True, help="output directory")
+    create.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    create.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     create.set_defaults(func=run_create)
 
     compose = sub.add_parser(
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--language", required=True, help="Qwen2/Qwen3/Llama checkpoint directory with tokenizer"
     )
     compose.add_argument("--seed", type=int, default=0, help="projector initialisation seed (default: 0)")
-    compose.add_argument("--out", required=True, help="output directory")
+    compose.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    compose.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     compose.set_defaults(func=run_compose)
 
     info = sub.add_parser("info", help="print a model directory's sizes, rubric and score scale")
@@ -37,11 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from ..fileio import check_output_dir
+    from ..modeling import save_model_dir
     from ..presets import build_preset
 
+    check_output_dir(args.out, args.overwrite)
     model, processor = build_preset(args.preset, args.text_model, args.vision_model, seed=args.seed)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save_model_dir(model, processor, args.out)
     print(
         f"wrote {args.preset} model ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.out}"
     )
@@ -49,11 +53,13 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_compose(args: argparse.Namespace) -> int:
+    from ..fileio import check_output_dir
+    from ..modeling import save_model_dir
     from ..presets import compose
 
+    check_output_dir(args.out, args.overwrite, protect=[args.vision, args.language])
     model, processor = compose(args.vision, args.language, seed=args.seed)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save_model_dir(model, processor, args.out)
     print(f"wrote composed model to {args.out}; its projector is untrained")
     return 0
 

@@ -27,10 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ZRewardInputError
     from ..scoring import load_scorer
+    from .args import check_device, parse_list
 
+    dims = parse_list(args.dimensions, "--dimensions")
+    check_device(args.device)
+    if args.batch_size < 1:
+        raise ZRewardInputError("--batch-size", f"must be >= 1, got {args.batch_size}")
     scorer = load_scorer(args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
-    dims = args.dimensions.split(",") if args.dimensions else None
     prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
     result = scorer.score(args.image, prompts, dimensions=dims, errors="collect")
     records = result.to_records()
