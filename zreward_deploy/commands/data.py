@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from typing import TextIO
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--model", help="take the score scale and rubric from this model directory's config")
     check.add_argument("--skip-images", action="store_true", help="do not check that the images exist")
+    check.add_argument(
+        "--deep",
+        action="store_true",
+        help="decode every image's pixels (catches truncated or corrupt image data; slower)",
+    )
+    check.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="accept image paths that are absolute or leave the dataset folder (.. or a symlink); "
+        "refused by default",
+    )
     check.set_defaults(func=run_check)
 
     synth = commands.add_parser(
@@ -32,14 +46,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--annotators", type=int, default=5, help="simulated annotators per image (default 5)")
     synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
-    synth.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty output folder (its content is deleted)"
+    )
     synth.set_defaults(func=run_synth)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from ..data import build_pairs, read_dataset
+class _Progress:
+    """Progress of a long check on stderr (stdout carries the report): a self-overwriting line on a
+    terminal; when redirected, one line per 10 % so that a log shows the run is alive."""
 
+    def __init__(self, stream: TextIO, label: str):
+        self.stream, self.label = stream, label
+        self.tty = stream.isatty()
+        self.start = self.last_draw = time.monotonic()
+        self.decile = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        now = time.monotonic()
+        text = f"{self.label}: {done}/{total} lines ({100 * done // total}%), {now - self.start:.0f} s"
+        if self.tty:
+            if done == total or now - self.last_draw >= 0.2:
+                self.last_draw = now
+                end = "\n" if done == total else ""
+                print(f"\r{text}", end=end, file=self.stream, flush=True)
+        elif (decile := 10 * done // total) > self.decile:
+            self.decile = decile
+            print(text, file=self.stream, flush=True)
+
+
+def _emit(text: str) -> None:
+    """Print a report line; on a stdout that cannot encode it (e.g. ASCII), escape rather than fail."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        encoding = sys.stdout.encoding or "ascii"
+        print(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Print every problem and exit 1, or one summary line and exit 0; nothing a dataset file holds
+    makes it raise (the validator turns each line's failures into problems on that line)."""
+    from ..data import build_pairs, read_dataset
+    from ..data.format import _printable
+    from ..errors import ZRewardInputError
+
+    if args.deep and args.skip_images:
+        raise ZRewardInputError("--deep", "decodes the images; it cannot be combined with --skip-images")
     scale = rubric = None
     if args.model:
         from ..config import ZRewardConfig
@@ -51,28 +107,34 @@ def run_check(args: argparse.Namespace) -> int:
             raise InvalidModelError(args.model, f"cannot read the model config ({exc})") from None
         scale, rubric = config.get_score_scale(), config.get_rubric()
     data, problems = read_dataset(
-        args.dir, args.split, scale=scale, rubric=rubric, check_images=not args.skip_images
+        args.dir,
+        args.split,
+        scale=scale,
+        rubric=rubric,
+        check_images=not args.skip_images,
+        deep=args.deep,
+        allow_outside_paths=args.allow_outside_paths,
+        progress=_Progress(sys.stderr, "deep check") if args.deep else None,
     )
+    name = _printable(str(args.dir))  # a folder name need not be printable or encodable
     if problems:
         for problem in problems:
-            print(problem)
-        print(f"{len(problems)} problem(s) in {args.dir}")
+            _emit(str(problem))
+        _emit(f"{len(problems)} problem(s) in {name}")
         return 1
     records = [r for split in data.values() for r in split]
     dims = list(dict.fromkeys(d for r in records for d in r.dimensions))
     counts = ", ".join(f"{len(rows)} {split}" for split, rows in data.items())
     n_pairs = sum(len(build_pairs(rows, dims)) for rows in data.values())
     annotated = sum(1 for r in records if r.annotations)
-    print(
-        f"ok: {args.dir}: {counts} records; {len({r.prompt_id for r in records})} prompts; "
+    _emit(
+        f"ok: {name}: {counts} records; {len({r.prompt_id for r in records})} prompts; "
         f"dimensions {dims or 'none'}; {n_pairs} same-prompt pairs; {annotated} records with annotations"
     )
     return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    import time
-
     from ..data.synth import SynthConfig, generate_dataset
 
     config = SynthConfig(

@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..config import Rubric
 from ..errors import ZRewardInputError
+from ..fileio import atomic_directory, check_output_dir
 from .format import SPLITS, aggregate_annotations
 
 DIMENSIONS: tuple[str, ...] = tuple(Rubric().names)  # the default rubric's four dimensions
@@ -406,16 +407,23 @@ def generate_dataset(
     """Write a synthetic dataset to ``out_dir``: ``train/val/test.jsonl``, ``images/*.png`` and
     ``synth.json`` (the generator's settings, annotator biases and defect tables).
 
-    Refuses a non-empty ``out_dir`` unless ``overwrite`` (then the files it writes are replaced).
+    Refuses a file, or a non-empty ``out_dir`` unless ``overwrite`` (then the whole folder is replaced),
+    through the package's one output-folder rule (:func:`~zreward_deploy.fileio.check_output_dir`). The
+    dataset is built in a temporary sibling folder and renamed into place when complete, so an interrupted
+    run never leaves a half-written dataset under ``out_dir`` (nor damages what was there).
 
     Returns:
         Number of records per split.
     """
     cfg = config or SynthConfig()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ZRewardInputError(str(out), "output folder is not empty; choose another or pass overwrite=True")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    final = check_output_dir(out_dir, overwrite)
+    with atomic_directory(final) as out:
+        return _write_dataset(out, cfg)
+
+
+def _write_dataset(out: Path, cfg: SynthConfig) -> dict[str, int]:
+    """Write the dataset into the (empty) folder ``out``; see :func:`generate_dataset`."""
+    (out / "images").mkdir()
     master = np.random.default_rng(cfg.seed)
     bias = master.normal(0.0, ANNOTATOR_BIAS_STD, cfg.annotators)
     specs = [draw_prompt(master) for _ in range(cfg.prompts)]
