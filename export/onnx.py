@@ -34,8 +34,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from zreward_deploy.errors import MissingDependencyError, ZRewardInputError
+from zreward_deploy.errors import InvalidModelError, MissingDependencyError, ZRewardInputError
+from zreward_deploy.fileio import atomic_directory, check_output_dir
 from zreward_deploy.modeling import ZRewardModel
 from zreward_deploy.processing import ZRewardProcessor
 
@@ -60,8 +59,10 @@ from .ort import (
     OUTPUT_NAMES,
     TORCH_DTYPES,
     OrtSessionConfig,
+    UnvalidatedExportWarning,
     create_session,
     file_sha256,
+    verify_export,
 )
 
 try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so say which extra
@@ -101,7 +102,9 @@ class OnnxExportConfig:
         },
     )
     validate: bool = field(default=True, metadata={"help": "validate in ONNX Runtime at untraced shapes"})
-    overwrite: bool = field(default=False, metadata={"help": "write into a non-empty output folder"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace a non-empty output folder (atomically, once written)"}
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -467,7 +470,9 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _load(model: ZRewardModel | str | os.PathLike, processor: ZRewardProcessor | None):
+def _load(
+    model: ZRewardModel | str | os.PathLike, processor: ZRewardProcessor | None
+) -> tuple[ZRewardModel, ZRewardProcessor, str | None]:
     if isinstance(model, ZRewardModel):
         if processor is None:
             raise ZRewardInputError("processor", "pass the processor together with a model object")
@@ -481,6 +486,10 @@ def _load(model: ZRewardModel | str | os.PathLike, processor: ZRewardProcessor |
     )
 
 
+def _source_dir(model: ZRewardModel | str | os.PathLike) -> Path | None:
+    return None if isinstance(model, ZRewardModel) else Path(model)
+
+
 def export_onnx(
     model: ZRewardModel | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -489,9 +498,15 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export a model (object or model directory) to a self-describing ONNX folder and validate it.
 
+    The whole folder (graph, config, tokenizer, processor settings, metadata) is built under a hidden
+    temporary sibling of ``out_dir`` and renamed into place only once the metadata is written
+    (:func:`~zreward_deploy.fileio.atomic_directory`): an error or a kill part-way leaves the previous
+    folder as it was (or nothing), never a new graph beside old metadata.
+
     Args:
         model: a :class:`ZRewardModel` (with ``processor``) or a model directory.
-        out_dir: the export folder (created; must be empty unless ``config.overwrite``).
+        out_dir: the export folder (created; must be empty unless ``config.overwrite``, which replaces it;
+            never the model directory, inside it, or containing it).
         config: export settings (dtype, dimensions, opset, trace shape, tolerance).
         processor: the model's processor when ``model`` is an object.
 
@@ -499,14 +514,21 @@ def export_onnx(
         The metadata written to ``zreward_onnx.json`` (``validation.passed`` is True).
 
     Raises:
-        OnnxValidationError: the graph disagrees with torch at a validation shape. The folder then holds
-            the graph and a metadata file with ``validation.passed: false`` for inspection.
+        ZRewardInputError: ``out_dir`` is not allowed (see :func:`~zreward_deploy.fileio.check_output_dir`).
+        OnnxValidationError: the graph disagrees with torch at a validation shape. The folder is still
+            written, with ``validation.passed: false`` for inspection; loaders refuse it unless told
+            ``allow_failed_validation``.
     """
     cfg = config or OnnxExportConfig()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ZRewardInputError(str(out), "output folder is not empty; choose another or pass overwrite")
-    source, processor, source_dir = _load(model, processor)
+    source_dir = _source_dir(model)
+    # Before loading anything: the folder rule, and never a folder that is, holds or lies in the source.
+    out = check_output_dir(
+        out_dir,
+        cfg.overwrite,
+        flag="--overwrite (overwrite=True)",
+        protect=[source_dir] if source_dir else [],
+    )
+    source, processor, source_name = _load(model, processor)
     rubric = source.config.get_rubric()
     dims = [d.name for d in rubric.select(cfg.dimensions)]
     weights = rubric.weights(dims)
@@ -519,111 +541,120 @@ def export_onnx(
     atol = cfg.atol if cfg.atol is not None else ZRewardOnnxConfig.ATOL_FOR_VALIDATION[cfg.dtype]
     trace = {"batch_size": cfg.trace_batch_size, "sequence_length": cfg.trace_sequence_length}
 
-    out.mkdir(parents=True, exist_ok=True)
-    # Export into a temporary name and move it in place: a crash never leaves a half-written model.onnx.
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        tmp_path = Path(tmp) / ONNX_FILE
-        export_graph(graph, onnx_config, tmp_path, cfg.opset, trace)
-        if any(p.name != ONNX_FILE for p in Path(tmp).iterdir()):
+    cases: list[ValidationCase] = []
+    with atomic_directory(out) as tmp:
+        export_graph(graph, onnx_config, tmp / ONNX_FILE, cfg.opset, trace)
+        if any(p.name != ONNX_FILE for p in tmp.iterdir()):
             raise OnnxValidationError(
                 "the export wrote external data files; models over 2 GB are not supported yet"
             )
-        shutil.move(str(tmp_path), out / ONNX_FILE)
-
-    # The folder's config describes the graph: its rubric holds the exported dimensions in graph order.
-    folder_config = copy.deepcopy(source.config)
-    folder_config.rubric = [asdict(rubric[name]) for name in dims]
-    folder_config.save_pretrained(out)
-    processor.save_pretrained(out)
-
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "onnx_file": ONNX_FILE,
-        "onnx_sha256": file_sha256(out / ONNX_FILE),
-        "dtype": cfg.dtype,
-        "opset": cfg.opset,
-        "dimensions": dims,
-        "reward_weights": [float(w) for w in weights],
-        "rubric": folder_config.rubric,
-        "score_scale": source.config.score_scale,
-        "score_temperature": source.config.score_temperature,
-        "image_size": source.config.image_size,
-        "num_image_tokens": source.config.num_image_tokens,
-        "max_prompt_tokens": source.config.max_prompt_tokens,
-        "text_model_type": source.config.text_config.model_type,
-        "vision_model_type": source.config.vision_config.model_type,
-        "inputs": {
-            "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
-            "attention_mask": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
-            "pixel_values": {
-                "dtype": "float16" if cfg.dtype == "fp16" else "float32",
-                "shape": ["batch_size", 3, source.config.image_size, source.config.image_size],
-            },
-        },
-        "outputs": {
-            "probs": {
-                "dtype": "float32",
-                "shape": ["batch_size", len(dims), len(source.config.score_scale["values"])],
-            },
-            "mean": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
-            "std": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
-            "reward": {"dtype": "float32", "shape": ["batch_size"]},
-        },
-        "trace_shapes": trace,
-        "source_model": source_dir,
-        "source_weights_sha256": weights_sha256(source_dir) if source_dir else None,
-        "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "validation": None,
-    }
-    cases: list[ValidationCase] = []
-    if cfg.validate:
-        cases = validate_onnx(
-            out / ONNX_FILE,
-            reference,
-            processor,
-            cfg.dtype,
-            atol,
-            cfg.trace_batch_size,
-            cfg.trace_sequence_length,
-            raise_on_mismatch=False,
-        )
-        meta["validation"] = {
-            "reference": "torch eager, fp32",
-            "provider": "CPUExecutionProvider",
-            "atol_probs": atol,
-            "passed": all(c.passed for c in cases),
-            "cases": [asdict(c) for c in cases],
+        # The folder's config describes the graph: its rubric holds the exported dimensions in graph order.
+        folder_config = copy.deepcopy(source.config)
+        folder_config.rubric = [asdict(rubric[name]) for name in dims]
+        folder_config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        # Every other file, hashed too: the loader refuses a folder whose tokenizer or config is not this
+        # export's (the graph and its metadata are covered by onnx_sha256 and the atomic rename).
+        files = {
+            p.relative_to(tmp).as_posix(): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name not in (ONNX_FILE, METADATA_FILE)
         }
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    check_validation(cases, out / ONNX_FILE)  # after writing: a failed folder keeps its evidence
+
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "onnx_file": ONNX_FILE,
+            "onnx_sha256": file_sha256(tmp / ONNX_FILE),
+            "files": files,
+            "dtype": cfg.dtype,
+            "opset": cfg.opset,
+            "dimensions": dims,
+            "reward_weights": [float(w) for w in weights],
+            "rubric": folder_config.rubric,
+            "score_scale": source.config.score_scale,
+            "score_temperature": source.config.score_temperature,
+            "image_size": source.config.image_size,
+            "num_image_tokens": source.config.num_image_tokens,
+            "max_prompt_tokens": source.config.max_prompt_tokens,
+            "text_model_type": source.config.text_config.model_type,
+            "vision_model_type": source.config.vision_config.model_type,
+            "inputs": {
+                "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+                "attention_mask": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+                "pixel_values": {
+                    "dtype": "float16" if cfg.dtype == "fp16" else "float32",
+                    "shape": ["batch_size", 3, source.config.image_size, source.config.image_size],
+                },
+            },
+            "outputs": {
+                "probs": {
+                    "dtype": "float32",
+                    "shape": ["batch_size", len(dims), len(source.config.score_scale["values"])],
+                },
+                "mean": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
+                "std": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
+                "reward": {"dtype": "float32", "shape": ["batch_size"]},
+            },
+            "trace_shapes": trace,
+            "source_model": source_name,
+            "source_weights_sha256": weights_sha256(source_name) if source_name else None,
+            "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "versions": _versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "validation": None,
+        }
+        if cfg.validate:
+            cases = validate_onnx(
+                tmp / ONNX_FILE,
+                reference,
+                processor,
+                cfg.dtype,
+                atol,
+                cfg.trace_batch_size,
+                cfg.trace_sequence_length,
+                raise_on_mismatch=False,
+            )
+            meta["validation"] = {
+                "reference": "torch eager, fp32",
+                "provider": "CPUExecutionProvider",
+                "atol_probs": atol,
+                "passed": all(c.passed for c in cases),
+                "cases": [asdict(c) for c in cases],
+            }
+        # Written last: the folder is switched to the new export only once it describes itself.
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    # After the rename: a failed folder is in place with its evidence, and loaders refuse it.
+    check_validation(cases, out / ONNX_FILE)
     return meta
 
 
 def ensure_onnx_export(
     model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: OnnxExportConfig | None = None
 ) -> Path:
-    """``out_dir`` holding a validated export of ``model_dir`` with ``config``: reused when its metadata
-    names the same weights (SHA-256) and settings, exported again (overwriting) otherwise. For benchmarks,
-    which compare several runtimes of one model and should not pay for the export twice."""
+    """``out_dir`` holding a validated export of ``model_dir`` with ``config``: reused when it passes
+    :func:`~zreward_deploy.export.ort.verify_export` and its metadata names the same weights (SHA-256) and
+    settings, exported again (replacing it) otherwise. For benchmarks, which compare several runtimes of
+    one model and should not pay for the export twice."""
     cfg = config or OnnxExportConfig()
     out = Path(out_dir)
-    meta_path = out / METADATA_FILE
-    if meta_path.exists():
+    if (out / METADATA_FILE).exists():
+        wanted = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "overwrite"
+        }
         try:
-            meta = json.loads(meta_path.read_text())
-            wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+            with warnings.catch_warnings():
+                if not cfg.validate:  # an unvalidated export is what was asked for; no warning about it
+                    warnings.simplefilter("ignore", UnvalidatedExportWarning)
+                meta = verify_export(out)  # a failed validation is refused here, so it is exported again
+            recorded = meta.get("export_config")
             same = (
-                meta.get("source_weights_sha256") == weights_sha256(model_dir)
-                and {k: v for k, v in meta["export_config"].items() if k != "overwrite"}
-                == {k: v for k, v in wanted.items() if k != "overwrite"}
-                and (meta.get("validation") or {}).get("passed", not cfg.validate)
-                and (out / meta["onnx_file"]).exists()
-                and file_sha256(out / meta["onnx_file"]) == meta["onnx_sha256"]
+                isinstance(recorded, dict)
+                and meta.get("source_weights_sha256") == weights_sha256(model_dir)
+                and {k: v for k, v in recorded.items() if k != "overwrite"} == wanted
+                and (meta["validation"] is not None) == cfg.validate
             )
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except InvalidModelError:
             same = False
         if same:
             return out

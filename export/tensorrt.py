@@ -50,10 +50,28 @@ from zreward_deploy.errors import (
     UnknownDimensionError,
     ZRewardInputError,
 )
+from zreward_deploy.fileio import (
+    atomic_directory,
+    atomic_write_bytes,
+    check_output_dir,
+    is_within,
+    open_regular_file,
+    read_json_object,
+)
 from zreward_deploy.processing import ZRewardProcessor
 from zreward_deploy.scoring import BaseScorer
 
-from .ort import METADATA_FILE, ONNX_FILE, file_sha256, read_export_metadata
+from .ort import (
+    METADATA_FILE,
+    FileIdentity,
+    check_graph_outputs,
+    check_unchanged,
+    export_file,
+    file_sha256,
+    file_sha256_and_identity,
+    verify_export,
+    verify_export_graph,
+)
 
 TENSORRT_METADATA_FILE = "zreward_tensorrt.json"
 ENGINE_DIR = "engines"
@@ -265,22 +283,36 @@ def load_or_build_engine(
     config: TensorRTBuildConfig,
     cache_dir: Path,
     device_index: int = 0,
+    onnx_sha256: str | None = None,
+    onnx_identity: FileIdentity | None = None,
 ) -> tuple[bytes, str, bool]:
     """The plan for this GPU and TensorRT version: from ``cache_dir`` when its key is there, else built
-    and stored. Returns ``(plan, key, built_now)``."""
+    and stored. Returns ``(plan, key, built_now)``.
+
+    ``onnx_sha256``: the graph's hash when the caller has already checked it (:func:`verify_export`), so
+    a load hashes the graph once; hashed here otherwise. The key holds that hash, so a cached plan is only
+    ever one built from the graph the export's metadata describes. ``onnx_identity``: the identity of the
+    file that hash was taken of (:func:`~zreward_deploy.export.ort.verify_export_graph`); a plan built
+    from a file that was replaced since is refused before it is cached.
+    """
     trt = import_tensorrt()
     _require_cuda()
     gpu, capability = device_identity(device_index)
     settings = {"workspace_gib": config.workspace_gib, "opt_level": config.builder_optimization_level}
-    key = engine_cache_key(file_sha256(onnx_path), gpu, capability, trt.__version__, profiles, settings)
+    digest = onnx_sha256 or file_sha256(onnx_path)
+    key = engine_cache_key(digest, gpu, capability, trt.__version__, profiles, settings)
     path = cache_dir / f"{key}.plan"
-    if path.exists():
-        return path.read_bytes(), key, False
+    if path.exists() or path.is_symlink():
+        # A plan is deserialized into the GPU process: only a regular file inside the cache is read.
+        if not is_within(path, cache_dir):
+            raise InvalidModelError(str(path), f"resolves outside the engine cache {cache_dir}; refused")
+        with open_regular_file(path, InvalidModelError) as f:
+            return f.read(), key, False
     plan = build_engine(onnx_path, profiles, config)
+    if onnx_identity is not None:
+        check_unchanged(onnx_path, onnx_identity)  # the parser read the very file whose hash is the key
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".plan.tmp")
-    tmp.write_bytes(plan)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a plan
+    atomic_write_bytes(path, plan)  # a concurrent reader never sees half a plan; builders never collide
     return plan, key, True
 
 
@@ -362,57 +394,106 @@ def export_tensorrt(
     out_dir: str | os.PathLike,
     config: TensorRTBuildConfig | None = None,
     build: bool = True,
+    overwrite: bool = False,
+    allow_failed_validation: bool = False,
 ) -> dict[str, Any]:
     """Make a TensorRT folder from an ONNX export folder: a copy of the export (graph, config, tokenizer,
     metadata) + ``zreward_tensorrt.json`` (profiles, buckets) + ``engines/<key>.plan`` when ``build``.
 
     The plan only runs on the GPU model and TensorRT version it was built with; loading the folder
-    elsewhere rebuilds into ``engines/`` (the ONNX is kept beside it for that reason).
+    elsewhere rebuilds into ``engines/`` (the ONNX is kept beside it for that reason). The source is
+    checked with :func:`verify_export` first, and the folder is built under a temporary name and renamed
+    into place when complete (a failed build leaves nothing).
+
+    Args:
+        onnx_dir: the ONNX export folder (never inside ``out_dir`` or containing it).
+        out_dir: the TensorRT folder (new or empty unless ``overwrite``, which replaces it).
+        config: build settings.
+        build: build the engine now (else it is built on first load).
+        overwrite: replace a non-empty ``out_dir``.
+        allow_failed_validation: accept a source whose ONNX validation failed.
 
     Raises:
         MissingDependencyError: ``build`` without TensorRT (the folder is not written then).
+        InvalidModelError: the source export fails :func:`verify_export`.
     """
     cfg = config or TensorRTBuildConfig()
-    src, out = Path(onnx_dir), Path(out_dir)
-    meta = read_export_metadata(src)
+    src = Path(onnx_dir)
+    meta = verify_export(src, allow_failed_validation=allow_failed_validation)
     check_buckets(cfg, meta["max_prompt_tokens"])
     if build:
         import_tensorrt()  # fail before copying anything
         _require_cuda()
-    if out.exists() and any(out.iterdir()):
-        raise ZRewardInputError(str(out), "output folder is not empty; choose another")
-    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ENGINE_DIR, ".export-*"))
+    out = check_output_dir(out_dir, overwrite, protect=[src])
     profiles = optimization_profiles(cfg, meta["image_size"])
     record: dict[str, Any] = {
         "build_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in profiles],
         "engine": None,
     }
-    if build:
-        _, key, _ = load_or_build_engine(
-            out / meta.get("onnx_file", ONNX_FILE), profiles, cfg, out / ENGINE_DIR
+    with atomic_directory(out) as tmp:
+        # Engines and a TensorRT record of a TensorRT source are this folder's own, made below.
+        shutil.copytree(
+            src,
+            tmp,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(ENGINE_DIR, TENSORRT_METADATA_FILE, ".export-*"),
         )
-        gpu, capability = device_identity()
-        record["engine"] = {
-            "file": f"{ENGINE_DIR}/{key}.plan",
-            "key": key,
-            "gpu": gpu,
-            "compute_capability": list(capability),
-            "tensorrt": import_tensorrt().__version__,
-        }
-    (out / TENSORRT_METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        graph = tmp / meta["onnx_file"]
+        copied, identity = file_sha256_and_identity(graph)
+        if copied != meta["onnx_sha256"]:  # the source was replaced between its check and the copy
+            raise InvalidModelError(str(src), "changed while it was being copied; run the command again")
+        if build:
+            _, key, _ = load_or_build_engine(
+                graph,
+                profiles,
+                cfg,
+                tmp / ENGINE_DIR,
+                onnx_sha256=meta["onnx_sha256"],
+                onnx_identity=identity,
+            )
+            gpu, capability = device_identity()
+            record["engine"] = {
+                "file": f"{ENGINE_DIR}/{key}.plan",
+                "key": key,
+                "gpu": gpu,
+                "compute_capability": list(capability),
+                "tensorrt": import_tensorrt().__version__,
+            }
+        (tmp / TENSORRT_METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_tensorrt_record(directory: Path) -> dict[str, Any] | None:
+    """``zreward_tensorrt.json`` of a TensorRT folder (``None`` for a plain ONNX export folder), checked:
+    an object whose ``build_config`` is an object and whose ``engine`` is null or names a plan file that
+    stays inside the folder (:func:`~zreward_deploy.export.ort.export_file`)."""
+    path = directory / TENSORRT_METADATA_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    export_file(directory, TENSORRT_METADATA_FILE, path, "the TensorRT record")
+    record = read_json_object(path, InvalidModelError)
+    if not isinstance(record.get("build_config"), dict):
+        raise InvalidModelError(str(path), "is not a TensorRT record (no build_config object)")
+    engine = record.get("engine")
+    if engine is not None:
+        if not isinstance(engine, dict):
+            raise InvalidModelError(str(path), "engine must be null or an object")
+        export_file(directory, engine.get("file"), path, "engine.file")
     return record
 
 
 def read_build_config(directory: Path) -> TensorRTBuildConfig:
     """The build settings of a TensorRT folder, or the defaults for a plain ONNX export folder."""
-    path = directory / TENSORRT_METADATA_FILE
-    if not path.exists():
+    record = read_tensorrt_record(directory)
+    if record is None:
         return TensorRTBuildConfig()
     try:
-        return TensorRTBuildConfig(**json.loads(path.read_text())["build_config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InvalidModelError(str(path), f"is not a valid TensorRT record ({exc})") from None
+        return TensorRTBuildConfig(**record["build_config"])
+    except (TypeError, ValueError) as exc:  # ZRewardInputError is a ValueError
+        raise InvalidModelError(
+            str(directory / TENSORRT_METADATA_FILE), f"is not a valid TensorRT record ({exc})"
+        ) from None
 
 
 class TensorRTScorer(BaseScorer):
@@ -445,19 +526,24 @@ class TensorRTScorer(BaseScorer):
         build_config: TensorRTBuildConfig | None = None,
         cache_dir: str | os.PathLike | None = None,
         dtype: Any = None,
+        allow_failed_validation: bool = False,
     ) -> TensorRTScorer:
         """Load a TensorRT folder (``zreward export tensorrt``) or an ONNX export folder.
 
         The engine comes from ``cache_dir`` (default ``<model_dir>/engines``) when a plan with this GPU's
         and TensorRT's key is there, and is built otherwise. ``device`` must be a CUDA device (``"cpu"``,
         the CLI default, is read as ``cuda:0``: TensorRT has no CPU mode). ``dtype`` is fixed by the export.
+        The folder goes through :func:`~zreward_deploy.export.ort.verify_export` (the same checks as the
+        ONNX Runtime backend); ``allow_failed_validation`` loads an export whose validation failed.
 
         Raises:
             MissingDependencyError: without TensorRT (checked first, before any CUDA query).
+            InvalidModelError: the folder fails the export checks, or the engine's output shapes
+                disagree with the metadata.
         """
         import_tensorrt()
         directory = Path(model_dir)
-        meta = read_export_metadata(directory)
+        meta, hashed = verify_export_graph(directory, allow_failed_validation=allow_failed_validation)
         dev = torch.device(device) if device not in (None, "cpu") else torch.device("cuda", 0)
         if dev.type != "cuda":
             raise ZRewardInputError(device, "the TensorRT backend runs on CUDA devices only")
@@ -467,13 +553,17 @@ class TensorRTScorer(BaseScorer):
         batch = min(max_batch_size or cfg.max_batch_size, cfg.max_batch_size)
         profiles = optimization_profiles(cfg, meta["image_size"])
         plan, _, _ = load_or_build_engine(
-            directory / meta.get("onnx_file", ONNX_FILE),
+            directory / meta["onnx_file"],
             profiles,
             cfg,
             Path(cache_dir) if cache_dir is not None else directory / ENGINE_DIR,
             dev.index or 0,
+            onnx_sha256=meta["onnx_sha256"],  # verified above: the graph is hashed once per load
+            onnx_identity=hashed,
         )
         engine = TensorRTEngine(plan, cfg.text_length_buckets, dev.index or 0)
+        shapes = {n: tuple(engine.engine.get_tensor_shape(n)) for n in engine.outputs}  # -1: dynamic
+        check_graph_outputs(meta, shapes, "TensorRT engine")
         return cls(engine, ZRewardProcessor.from_pretrained(directory), meta, batch)
 
     def _forward(self, pixel_values, input_ids, attention_mask, dimensions):

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
+from zreward_deploy.fileio import atomic_directory, check_output_dir
 
-from .ort import METADATA_FILE, ONNX_FILE, read_export_metadata
-from .tensorrt import TENSORRT_METADATA_FILE, TensorRTBuildConfig
+from .ort import METADATA_FILE, verify_export
+from .tensorrt import TensorRTBuildConfig, read_tensorrt_record
 
 TRITON_CLIENT_FILE = "zreward_triton.json"
 _CLIENT_FILES = ("config.json", "zreward_processor.json", METADATA_FILE)
@@ -151,31 +152,48 @@ def triton_config_text(
     return "\n".join(lines) + "\n"
 
 
-def _artefact(directory: Path) -> tuple[str, Path, dict[str, Any] | None]:
-    """(platform, model file, TensorRT record) of an ONNX or TensorRT folder."""
-    record_path = directory / TENSORRT_METADATA_FILE
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
+def _artefact(directory: Path, meta: dict[str, Any]) -> tuple[str, Path, dict[str, Any] | None]:
+    """(platform, model file, TensorRT record) of an ONNX or TensorRT folder; file names come from the
+    checked metadata and record, so they stay inside the folder."""
+    record = read_tensorrt_record(directory)
+    if record is not None:
         if not record.get("engine"):
             raise InvalidModelError(str(directory), "is a TensorRT folder without a built engine")
         return "tensorrt_plan", directory / record["engine"]["file"], record
-    return "onnxruntime_onnx", directory / ONNX_FILE, None
+    return "onnxruntime_onnx", directory / meta["onnx_file"], None
 
 
 def write_triton_repository(
-    artefact_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TritonRepoConfig | None = None
+    artefact_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TritonRepoConfig | None = None,
+    overwrite: bool = False,
+    allow_failed_validation: bool = False,
 ) -> dict[str, Path]:
     """Write a model repository and a client folder for an ONNX or TensorRT folder.
+
+    The source goes through :func:`~zreward_deploy.export.ort.verify_export`; ``out_dir`` is built under a
+    temporary name and renamed into place when complete, so Triton never sees half a repository.
+
+    Args:
+        artefact_dir: an ONNX export folder or a TensorRT folder (never inside ``out_dir`` or containing it).
+        out_dir: where ``model_repository/`` and ``client/`` go (new or empty unless ``overwrite``).
+        config: repository settings.
+        overwrite: replace a non-empty ``out_dir``.
+        allow_failed_validation: accept a source whose ONNX validation failed.
 
     Returns:
         ``{"repository": ..., "config": .../config.pbtxt, "model": the copied model file, "client": ...}``.
     """
     cfg = config or TritonRepoConfig()
-    src, out = Path(artefact_dir), Path(out_dir)
-    meta = read_export_metadata(src)
-    platform, model_file, record = _artefact(src)
+    src = Path(artefact_dir)
+    meta = verify_export(src, allow_failed_validation=allow_failed_validation)
+    platform, model_file, record = _artefact(src, meta)
     if record is not None:
-        build = TensorRTBuildConfig(**record["build_config"])
+        try:
+            build = TensorRTBuildConfig(**record["build_config"])
+        except TypeError as exc:
+            raise InvalidModelError(str(src), f"has an invalid TensorRT build_config ({exc})") from None
         if cfg.max_batch_size > build.max_batch_size:
             raise ZRewardInputError(
                 "max_batch_size",
@@ -193,47 +211,47 @@ def write_triton_repository(
             "text_length_buckets",
             f"the largest bucket must hold {meta['max_prompt_tokens']} tokens (the prompt limit)",
         )
-    if out.exists() and any(out.iterdir()):
-        raise ZRewardInputError(str(out), "output folder is not empty; choose another")
-
-    model_dir = out / "model_repository" / cfg.model_name
-    version_dir = model_dir / str(cfg.model_version)
-    version_dir.mkdir(parents=True)
-    target = version_dir / ("model.plan" if platform == "tensorrt_plan" else "model.onnx")
-    shutil.copyfile(model_file, target)
-    (model_dir / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
-
-    client = out / "client"
-    client.mkdir()
-    for path in src.iterdir():  # the tokenizer's files plus the model's own description
-        if path.is_file() and (
-            path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
-        ):
-            shutil.copyfile(path, client / path.name)
+    out = check_output_dir(out_dir, overwrite, protect=[src])
     from zreward_deploy.processing import ZRewardProcessor
 
-    pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
-    (client / TRITON_CLIENT_FILE).write_text(
-        json.dumps(
-            {
-                "model_name": cfg.model_name,
-                "platform": platform,
-                "text_length_buckets": list(buckets),
-                "pad_token_id": pad_id,
-                "inputs": meta["inputs"],
-                "outputs": meta["outputs"],
-                "dimensions": meta["dimensions"],
-                "repository_config": {
-                    k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                },
-            },
-            indent=2,
-        )
-        + "\n"
+    model_rel = Path("model_repository", cfg.model_name)
+    target_rel = (
+        model_rel / str(cfg.model_version) / ("model.plan" if platform == "tensorrt_plan" else "model.onnx")
     )
+    with atomic_directory(out) as tmp:
+        (tmp / target_rel).parent.mkdir(parents=True)
+        shutil.copyfile(model_file, tmp / target_rel)
+        (tmp / model_rel / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
+
+        client = tmp / "client"
+        client.mkdir()
+        for path in src.iterdir():  # the tokenizer's files plus the model's own description
+            if path.is_file() and (
+                path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
+            ):
+                shutil.copyfile(path, client / path.name)
+        pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
+        (client / TRITON_CLIENT_FILE).write_text(
+            json.dumps(
+                {
+                    "model_name": cfg.model_name,
+                    "platform": platform,
+                    "text_length_buckets": list(buckets),
+                    "pad_token_id": pad_id,
+                    "inputs": meta["inputs"],
+                    "outputs": meta["outputs"],
+                    "dimensions": meta["dimensions"],
+                    "repository_config": {
+                        k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return {
         "repository": out / "model_repository",
-        "config": model_dir / "config.pbtxt",
-        "model": target,
-        "client": client,
+        "config": out / model_rel / "config.pbtxt",
+        "model": out / target_rel,
+        "client": out / "client",
     }

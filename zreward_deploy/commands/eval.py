@@ -14,6 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)"
     )
     p.add_argument("--backend", default="torch", help="scoring runtime (default torch; export adds others)")
+    p.add_argument(
+        "--allow-failed-validation",
+        action="store_true",
+        help="onnx/tensorrt: load an export whose validation failed (refused otherwise; docs/export.md)",
+    )
     p.add_argument("--device", default="cpu", help="device for the torch backend (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="images per scoring call (default 32)")
     p.add_argument("--limit", type=int, help="evaluate only the first N records of the split")
@@ -40,7 +45,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ZRewardInputError("--limit", f"must be >= 1, got {args.limit}")
     check_device(args.device)
-    scorer = load_scorer(args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
+    extra = {"allow_failed_validation": True} if args.allow_failed_validation else {}
+    if extra and args.backend == "torch":
+        raise ZRewardInputError(
+            "--allow-failed-validation", "applies to exported models (--backend onnx/tensorrt)"
+        )
+    scorer = load_scorer(
+        args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size, **extra
+    )
     config = scorer.config
     records = load_split(args.data, args.split, scale=config.get_score_scale(), rubric=config.get_rubric())
     if args.limit is not None:

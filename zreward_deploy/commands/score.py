@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["torch", "onnx", "tensorrt"],
         help="runtime: torch (model dir), onnx or tensorrt (an export folder; docs/export.md) (default: torch)",
     )
+    p.add_argument(
+        "--allow-failed-validation",
+        action="store_true",
+        help="onnx/tensorrt: load an export whose validation failed (refused otherwise; docs/export.md)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="micro-batch size (default: 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -35,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.batch_size < 1:
         raise ZRewardInputError("--batch-size", f"must be >= 1, got {args.batch_size}")
-    scorer = load_scorer(args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size)
+    extra = {"allow_failed_validation": True} if args.allow_failed_validation else {}
+    if extra and args.backend == "torch":
+        raise ZRewardInputError(
+            "--allow-failed-validation", "applies to exported models (--backend onnx/tensorrt)"
+        )
+    scorer = load_scorer(
+        args.model, backend=args.backend, device=args.device, max_batch_size=args.batch_size, **extra
+    )
     prompts = args.prompt if len(args.prompt) > 1 else args.prompt[0]
     result = scorer.score(args.image, prompts, dimensions=dims, errors="collect")
     records = result.to_records()
