@@ -20,22 +20,36 @@ Multi-process runs (``accelerate launch``, ``torchrun``) use the same code as on
 Checkpoints: ``output_dir/checkpoints/step_XXXXXXXX/`` holds ``model/`` (``save_pretrained``:
 safetensors + tokenizer, loadable by ``zreward eval``), ``optimizer.pt``, ``scheduler.pt``,
 ``trainer_state.json`` (step, data order, method state), one ``rng_state_rank{r}.pt`` per process and any
-extra models (GDSO's reference policy). It is written to a temporary folder and renamed into place with
-``os.replace``, so a crash leaves either the old or the new checkpoint, never half of one; ``latest``
-names the newest. ``.pt`` files are loaded with ``torch.load(weights_only=True)``.
+extra models (GDSO's reference policy). It is written to a temporary folder, every file is fsynced,
+``trainer_state.json`` is written last, and the folder is renamed into place
+(:func:`zreward_deploy.fileio.replace_dir`), so a crash leaves either the old or the new checkpoint, never
+half of one; ``latest`` names the newest. A checkpoint is *complete* when its ``step_*`` folder holds
+``trainer_state.json`` (:func:`is_complete_checkpoint`). ``.pt`` files are loaded with
+``torch.load(weights_only=True)``.
+
+What a run refuses or tolerates (docs/training.md §4):
+
+* A non-finite loss or gradient norm stops the run (:class:`~.config.NonFiniteLossError`) before the
+  optimizer applies the update; non-finite weights are never saved.
+* Resume tolerates a cut last line of ``metrics.jsonl`` (dropped, with a warning), a missing RNG file
+  (a warning) and a ``latest`` that names a missing or incomplete checkpoint (the newest complete older
+  one is used, with a warning). A damaged checkpoint file is an
+  :class:`~zreward_deploy.errors.InvalidModelError` naming the file, never a raw exception.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,16 +58,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from zreward_deploy.errors import ZRewardInputError
-from zreward_deploy.modeling import ZRewardModel
+from zreward_deploy.errors import InvalidModelError, ZRewardInputError
+from zreward_deploy.fileio import atomic_write_text, read_json_object, replace_dir
+from zreward_deploy.modeling import ZRewardModel, save_model_dir
 from zreward_deploy.processing import ZRewardProcessor
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, NonFiniteLossError, TrainConfig
+from .data import ImageCache
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.jsonl"
+TRAINER_STATE = "trainer_state.json"
+
+# Warnings of the trainers (damaged files tolerated on resume, skipped images); `zreward train` prints them.
+logger = logging.getLogger("zreward_deploy.training")
+
+Warn = Callable[[str], None]
+
+
+def _no_warning(message: str) -> None:
+    """The ``warn`` of the processes other than the main one: one copy of each warning per run."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,10 +333,11 @@ def start_run(cfg: TrainConfig) -> Run:
             "processes",
         )
     out = Path(cfg.output_dir)
-    resume_from = find_resume_checkpoint(cfg)
+    warn = logger.warning if accelerator.is_main_process else _no_warning
+    resume_from = find_resume_checkpoint(cfg, warn)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
         if cfg.resume == "never":
             # a fresh run must not leave `latest` naming an older run's checkpoint until its first save
             (out / CHECKPOINT_DIR / LATEST_FILE).unlink(missing_ok=True)
@@ -322,32 +349,74 @@ def start_run(cfg: TrainConfig) -> Run:
     return Run(cfg, accelerator, out, metrics, resume_from)
 
 
-def find_resume_checkpoint(cfg: TrainConfig) -> Path | None:
+def find_resume_checkpoint(cfg: TrainConfig, warn: Warn = logger.warning) -> Path | None:
     """The checkpoint ``cfg.resume`` asks for: the latest one in ``output_dir`` ('auto', if any), none
-    ('never'), or an explicit folder (which must hold a checkpoint)."""
+    ('never'), or an explicit folder (which must hold a complete checkpoint).
+
+    With 'auto', a ``latest`` that names a missing or incomplete checkpoint (deleted by hand, or a file
+    system that lost the rename) falls back to the newest complete checkpoint *older* than the one it
+    names, and ``warn`` says so. Newer ``step_*`` folders are not considered: after ``resume=never`` they
+    may be left over from an earlier run with another config.
+    """
     if cfg.resume == "never":
         return None
-    if cfg.resume == "auto":
-        latest = Path(cfg.output_dir) / CHECKPOINT_DIR / LATEST_FILE
-        if not latest.is_file():
-            return None
-        path = latest.parent / latest.read_text().strip()
-    else:
+    if cfg.resume != "auto":
         path = Path(cfg.resume)
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError("resume", f"{path} is not a checkpoint folder (no trainer_state.json)")
-    return path
+        if not is_complete_checkpoint(path):
+            raise ConfigError("resume", f"{path} is not a checkpoint folder (no {TRAINER_STATE})")
+        return path
+    root = Path(cfg.output_dir) / CHECKPOINT_DIR
+    latest = root / LATEST_FILE
+    if not latest.is_file():
+        return None
+    name = latest.read_text(encoding="utf-8", errors="replace").strip()
+    path = root / name
+    named_step = checkpoint_step(path)
+    if named_step is not None and is_complete_checkpoint(path):
+        return path
+    problem = "is missing" if not path.exists() else f"is incomplete (no {TRAINER_STATE})"
+    if named_step is None:
+        problem = "is not a checkpoint name"
+    older = complete_checkpoints(root, below=named_step)
+    if not older:
+        raise ConfigError(
+            "resume",
+            f"{latest} names {name!r}, which {problem}, and {root} holds no older complete checkpoint; "
+            "pass resume=never to start over",
+        )
+    warn(
+        f"{latest} names {name!r}, which {problem}; resuming from the newest complete checkpoint, {older[0]}"
+    )
+    return older[0]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``step_XXXXXXXX`` checkpoint folder name, ``None`` for any other name."""
+    match = re.fullmatch(r"step_(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint folder is complete when it holds ``trainer_state.json``: :func:`save_checkpoint`
+    writes that file last, after every process's files, inside the temporary folder it then renames.
+    (Damage after the fact is what :func:`load_checkpoint` detects.)"""
+    return path.is_dir() and (path / TRAINER_STATE).is_file()
+
+
+def complete_checkpoints(root: Path, below: int | None = None) -> list[Path]:
+    """The complete ``step_*`` checkpoints in ``root``, newest first; with ``below``, only those of
+    earlier steps."""
+    found = []
+    for p in root.glob("step_*"):
+        step = checkpoint_step(p)
+        if step is not None and (below is None or step < below) and is_complete_checkpoint(p):
+            found.append((step, p))
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -381,31 +450,9 @@ def unwrapped_state_dict(run: Run, wrapped: nn.Module) -> dict[str, torch.Tensor
     return {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
 
 
-def save_model_dir(
-    model: ZRewardModel,
-    processor: ZRewardProcessor,
-    path: Path,
-    state_dict: Mapping[str, torch.Tensor] | None = None,
-) -> None:
-    """``save_pretrained`` model + processor into ``path`` (replaced atomically if it exists)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, state_dict=dict(state_dict) if state_dict is not None else None)
-    processor.save_pretrained(tmp)
-    _replace_dir(tmp, path)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    # os.replace cannot replace a non-empty folder: move the old one aside first, then delete it.
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def save_checkpoint(
@@ -418,6 +465,7 @@ def save_checkpoint(
     scheduler: Any,
     state: Mapping[str, Any],
     extra_models: Mapping[str, ZRewardModel] | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a resumable checkpoint for ``step`` atomically; every process must call it.
 
@@ -426,11 +474,13 @@ def save_checkpoint(
         model, processor: the inner model (for its config) and its processor.
         state: JSON-able trainer state (``step`` is added; include the sampler's ``state_dict``).
         extra_models: further models to keep (name -> model), e.g. GDSO's π_ref.
+        weights: the model's full state dict when the caller already gathered it (to check it).
     """
     root = run.output_dir / CHECKPOINT_DIR
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
-    weights = unwrapped_state_dict(run, wrapped)  # collective under FSDP: every process calls it
+    if weights is None:
+        weights = unwrapped_state_dict(run, wrapped)  # collective under FSDP: every process calls it
     if run.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -438,19 +488,26 @@ def save_checkpoint(
     run.barrier()
     torch.save(_rng_state(), tmp / f"rng_state_rank{run.rank}.pt")
     if run.is_main:
-        model.save_pretrained(tmp / MODEL_DIR, state_dict=weights)
+        model.save_pretrained(tmp / MODEL_DIR, state_dict=dict(weights))
         processor.save_pretrained(tmp / MODEL_DIR)
         for name, extra in (extra_models or {}).items():
             extra.save_pretrained(tmp / name)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        meta = {"step": step, "world_size": run.world_size, **state}
-        (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    run.barrier()
+    run.barrier()  # every process's RNG file is written
     if run.is_main:
-        _replace_dir(tmp, final)
-        _atomic_write_text(root / LATEST_FILE, final.name)
-        kept = sorted(p for p in root.glob("step_*") if p.is_dir())
+        # written last: its presence is what makes a checkpoint complete (is_complete_checkpoint)
+        meta = {"step": step, "world_size": run.world_size, **state}
+        atomic_write_text(tmp / TRAINER_STATE, json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, final)
+        atomic_write_text(root / LATEST_FILE, final.name)
+        # only checkpoints of this run's past count: after resume=never (or resuming from an earlier
+        # step) higher-numbered folders are another timeline's, and deleting by position would remove
+        # the checkpoint just written
+        kept = sorted(
+            (s, p) for p in root.glob("step_*") if p.is_dir() and (s := checkpoint_step(p)) is not None
+        )
+        kept = [p for s, p in kept if s <= step]
         for old in kept[: -run.config.keep_checkpoints]:
             shutil.rmtree(old)
     run.barrier()
@@ -458,7 +515,84 @@ def save_checkpoint(
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:
-    return json.loads((path / "trainer_state.json").read_text())
+    """``trainer_state.json`` of a checkpoint (with an integer ``step``).
+
+    Raises:
+        InvalidModelError: naming the file when it is missing, not JSON, or has no step.
+    """
+    file = path / TRAINER_STATE
+    if not file.exists():
+        raise _damaged(file, "is missing: the checkpoint is incomplete")
+    try:
+        state = read_json_object(file, InvalidModelError)
+    except InvalidModelError as exc:  # again, with the hint of an older checkpoint
+        raise _damaged(file, exc.reason) from None
+    if type(state.get("step")) is not int or state["step"] < 0:
+        raise _damaged(file, "holds no step number")
+    return state
+
+
+def _damaged(file: Path, reason: str) -> InvalidModelError:
+    """The error for a damaged checkpoint file; names an older complete checkpoint to resume from, if any
+    (it is not loaded instead: the user asked for this one)."""
+    checkpoint = next((p for p in file.parents if checkpoint_step(p) is not None), None)
+    hint = ""
+    if checkpoint is not None:
+        older = complete_checkpoints(checkpoint.parent, below=checkpoint_step(checkpoint))
+        if older:
+            hint = f"; an older complete checkpoint exists: resume={older[0]} continues from it"
+    return InvalidModelError(str(file), f"damaged checkpoint file: {reason}{hint}")
+
+
+def _torch_load(file: Path) -> Any:
+    """``torch.load(weights_only=True)``, any failure an :class:`InvalidModelError` naming the file."""
+    if not file.is_file():
+        raise _damaged(file, "is missing")
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as exc:  # unpickling, zip and EOF errors all mean the same: unreadable
+        # torch's own messages for these run to several lines and suggest weights_only=False: not shown
+        reason = "is empty" if file.stat().st_size == 0 else f"cannot be read ({type(exc).__name__})"
+        raise _damaged(file, f"{reason}; it is not a file torch.save wrote, or it was cut short") from None
+
+
+def _load_weights(target: nn.Module, folder: Path) -> None:
+    """Load a checkpoint's ``*.safetensors`` into ``target``; every problem names the file."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise _damaged(folder, "holds no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.stat().st_size == 0:
+            raise _damaged(f, "is empty")
+        try:
+            part = load_file(f)
+        except Exception as exc:  # SafetensorError (truncated, bad header) derives from Exception only
+            raise _damaged(f, f"is not a readable safetensors file ({exc})") from None
+        bad = non_finite_tensors(part)
+        if bad:  # a model that would score NaN: refused here rather than trained on
+            raise _damaged(f, f"holds NaN or infinite values in {bad[:3]}")
+        weights.update(part)
+    try:
+        missing, unexpected = target.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise _damaged(folder, f"weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    # a tied lm_head is not stored separately; anything else missing is a broken checkpoint
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise _damaged(folder, f"checkpoint weights do not match ({missing[:3]}, {unexpected[:3]})")
+
+
+def _load_into(target: Any, file: Path) -> None:
+    """``target.load_state_dict(torch.load(file))`` (an optimizer or a scheduler)."""
+    state = _torch_load(file)
+    try:
+        target.load_state_dict(state)
+    except Exception as exc:  # a readable file of something else: wrong keys, sizes or types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _damaged(file, f"does not fit this run's {type(target).__name__} ({first})") from None
 
 
 def load_checkpoint(
@@ -470,30 +604,41 @@ def load_checkpoint(
     extra_models: Mapping[str, ZRewardModel] | None = None,
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler, extra models and this process's RNG state from ``path``
-    (before ``accelerate.prepare``). Returns the trainer state (with ``step``)."""
-    from safetensors.torch import load_file
+    (before ``accelerate.prepare``). Returns the trainer state (with ``step``).
 
-    def load_weights(target: nn.Module, folder: Path) -> None:
-        weights = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            weights.update(load_file(f))
-        missing, unexpected = target.load_state_dict(weights, strict=False)
-        # a tied lm_head is not stored separately; anything else missing is a broken checkpoint
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing or unexpected:
-            raise ZRewardInputError(
-                str(folder), f"checkpoint weights do not match ({missing[:3]}, {unexpected[:3]})"
-            )
+    Raises:
+        InvalidModelError: naming the damaged file (truncated or empty safetensors, weights with NaN,
+            unreadable ``.pt`` files, invalid ``trainer_state.json``).
 
+    A missing RNG file, or a checkpoint written by another number of processes, only gives a warning:
+    the run continues, but draws from the global random generators differ from an uninterrupted run.
+    """
+    warn = logger.warning
     state = read_trainer_state(path)
-    load_weights(model, path / MODEL_DIR)
+    _load_weights(model, path / MODEL_DIR)
     for name, extra in (extra_models or {}).items():
-        load_weights(extra, path / name)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        _load_weights(extra, path / name)
+    _load_into(optimizer, path / "optimizer.pt")
+    _load_into(scheduler, path / "scheduler.pt")
     rng_file = path / f"rng_state_rank{run.rank}.pt"
-    if state.get("world_size") == run.world_size and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
+    consequence = (
+        "draws from the global random generators after resume (anything not seeded per step) will "
+        "differ from an uninterrupted run"
+    )
+    if state.get("world_size") != run.world_size:
+        if run.is_main:
+            warn(
+                f"checkpoint {path} was written by {state.get('world_size')} process(es), this run has "
+                f"{run.world_size}: RNG states are not restored; {consequence}"
+            )
+    elif not rng_file.is_file():
+        warn(f"checkpoint {path} has no RNG state ({rng_file.name}); {consequence}")
+    else:
+        rng = _torch_load(rng_file)
+        try:
+            _set_rng_state(rng)
+        except Exception as exc:  # readable, but not an RNG state this code wrote
+            raise _damaged(rng_file, f"is not an RNG state ({type(exc).__name__})") from None
     return state
 
 
@@ -502,10 +647,42 @@ def load_checkpoint(
 # --------------------------------------------------------------------------------------------------
 
 
+def _read_metrics_file(path: Path, warn: Warn) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, row)`` of each line of a ``metrics.jsonl``.
+
+    A last line that is not a JSON object is what an interrupted append leaves (power loss, full disk:
+    a cut line, or zero bytes): it is dropped and ``warn`` says so. Anything else that is not a JSON
+    object was not written by this code, and is an error naming the line.
+    """
+    lines = [
+        (number, raw)
+        for number, raw in enumerate(path.read_bytes().split(b"\n"), 1)
+        if raw.strip(b" \t\r\0")  # a crash may leave zero-filled blocks
+    ]
+    out = []
+    for position, (number, raw) in enumerate(lines):
+        try:
+            text = raw.decode("utf-8")
+            row = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if isinstance(row, dict):
+            out.append((text, row))
+        elif position == len(lines) - 1:
+            warn(f"{path}: its last line (line {number}) was cut short by an interrupted write; dropped it")
+        else:
+            raise ZRewardInputError(
+                str(path),
+                f"line {number} is not a JSON object (the file was edited or damaged); fix or delete that "
+                "line, or move the file away, and run again",
+            )
+    return out
+
+
 class MetricsWriter:
     """``metrics.jsonl`` (one JSON object per logged step) and optional TensorBoard scalars, on the main
     process only. On resume, lines after the resumed step are dropped, so a resumed run's log reads like
-    an uninterrupted one."""
+    an uninterrupted one; a cut last line (an interrupted write) is dropped with a warning."""
 
     def __init__(self, output_dir: Path, enabled: bool, resume_step: int = 0, tensorboard: bool = False):
         self.enabled = enabled
@@ -515,10 +692,10 @@ class MetricsWriter:
             return
         kept = []
         if resume_step and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step:
+            for line, row in _read_metrics_file(self.path, logger.warning):
+                if row.get("step", 0) <= resume_step:
                     kept.append(line + "\n")
-        _atomic_write_text(self.path, "".join(kept))
+        atomic_write_text(self.path, "".join(kept))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -545,9 +722,9 @@ class MetricsWriter:
 
 
 def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``output_dir/metrics.jsonl``."""
+    """The rows of ``output_dir/metrics.jsonl`` (a cut last line is dropped with a warning)."""
     path = Path(output_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in _read_metrics_file(path, logger.warning)]
 
 
 def grad_norm_and_clip(run: Run, wrapped: nn.Module, max_norm: float) -> float:
@@ -590,6 +767,8 @@ class TrainLoop:
     extra_models: Mapping[str, ZRewardModel]
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    last_checkpoint: Path | None = None  # the newest checkpoint this run loaded or wrote (for errors)
+    skipped_items: int = 0  # records left out because their image does not decode
 
     @classmethod
     def start(
@@ -600,10 +779,18 @@ class TrainLoop:
         num_items: int,
         total_updates: int,
         extra_models: Mapping[str, ZRewardModel] | None = None,
+        images: ImageCache | None = None,
     ) -> TrainLoop:
         """Build the sampler, optimizer and schedule; restore them (and ``extra_models``, e.g. GDSO's
-        π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``."""
+        π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``.
+
+        ``images`` is the data view's :class:`~.data.ImageCache`: the records it skipped (undecodable
+        images) are logged here, once per run, and counted in every metrics row and the result.
+        """
         cfg = run.config
+        skipped = len(images.skipped) if images is not None else 0
+        if skipped and run.is_main:
+            logger.warning(images.describe_skipped())
         extra_models = dict(extra_models or {})
         sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
         optimizer = build_optimizer(model, cfg)
@@ -612,21 +799,79 @@ class TrainLoop:
         if run.resume_from is not None:
             state = load_checkpoint(run, run.resume_from, model, optimizer, scheduler, extra_models)
             step = state["step"]
-            sampler.load_state_dict(state["sampler"])
+            try:
+                sampler.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError):
+                raise _damaged(
+                    run.resume_from / TRAINER_STATE, "holds no valid data-order position"
+                ) from None
         model.train()
         wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
-        return cls(run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step)
+        return cls(
+            run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step,
+            last_checkpoint=run.resume_from, skipped_items=skipped,
+        )  # fmt: skip
 
     def update(self, loss: torch.Tensor) -> tuple[float, float]:
         """Backward, clip, one optimizer and schedule step. Returns (grad norm before clipping, the lr
-        this update used)."""
-        self.run.accelerator.backward(loss)
-        grad_norm = grad_norm_and_clip(self.run, self.wrapped, self.run.config.max_grad_norm)
+        this update used).
+
+        Raises:
+            NonFiniteLossError: the loss (on any process) or the global gradient norm is NaN or infinite.
+                The optimizer and the schedule are not stepped, so the weights keep their last finite
+                values; nothing is saved after that (the trainers stop at the error).
+        """
+        run = self.run
+        # backward on every process even for a bad loss: DDP's gradient all-reduce is collective
+        run.accelerator.backward(loss)
+        grad_norm = grad_norm_and_clip(run, self.wrapped, run.config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
+        loss_ok = bool(torch.isfinite(loss.detach()).all())
+        # the gradient norm is global already; the loss is each process's own, so every process must
+        # learn whether any loss was bad, or one would stop while the others wait in the next all-reduce
+        any_bad_loss = not loss_ok if run.world_size == 1 else float(run.global_count(float(not loss_ok))) > 0
+        if any_bad_loss or not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            if not loss_ok:
+                what = f"the loss is {float(loss.detach().float().sum())}"
+            elif any_bad_loss:
+                what = "the loss is NaN or infinite on another process"
+            else:
+                what = f"the gradient norm is {grad_norm} (the loss is finite)"
+            raise self.stop_error(self.step + 1, f"{what}; the update was not applied")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, lr
+
+    def stop_error(self, step: int, what: str) -> NonFiniteLossError:
+        """The error that stops the run at ``step``: ``what`` happened, the last good checkpoint, and how
+        to go on."""
+        if self.last_checkpoint is not None:
+            where = (
+                f"the last good checkpoint is {self.last_checkpoint}: run again with the same output_dir "
+                "(resume=auto) to continue from it, or with resume=never to start over"
+            )
+        else:
+            where = "no checkpoint was saved yet: fix the cause and start again"
+        return NonFiniteLossError(
+            self.run.config.method,
+            f"step {step}: {what}; nothing from this step was saved; {where} (a lower learning_rate, "
+            "max_grad_norm > 0 and finite input weights are the usual fixes)",
+        )
+
+    def _finite_weights(self, what: str) -> dict[str, torch.Tensor]:
+        """The model's full state dict, after checking (on every process together) that it is finite."""
+        run = self.run
+        weights = unwrapped_state_dict(run, self.wrapped)
+        bad = non_finite_tensors(weights)
+        any_bad = bool(bad) if run.world_size == 1 else float(run.global_count(float(bool(bad)))) > 0
+        if any_bad:
+            names = f" ({bad[:3]})" if bad else " (on another process)"
+            raise self.stop_error(
+                self.step, f"the weights hold NaN or infinite values{names}; refusing to save the {what}"
+            )
+        return weights
 
     @property
     def log_due(self) -> bool:
@@ -639,7 +884,10 @@ class TrainLoop:
         return bool(every) and self.step % every == 0
 
     def log(self, row: Mapping[str, Any], bar: Any, *postfix: str) -> None:
-        """Write ``row`` to metrics.jsonl and the history; show the ``postfix`` keys on the bar."""
+        """Write ``row`` to metrics.jsonl and the history; show the ``postfix`` keys on the bar. Rows
+        of a run that skipped undecodable items carry ``skipped_items``."""
+        if self.skipped_items:
+            row = {**row, "skipped_items": self.skipped_items}
         self.run.metrics.log(self.step, row)
         self.history.append({"step": self.step, **row})
         bar.set_postfix({k: f"{row[k]:.4f}" for k in postfix})
@@ -649,7 +897,8 @@ class TrainLoop:
         bar.update(1)
         cfg = self.run.config
         if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
-            save_checkpoint(
+            weights = self._finite_weights("checkpoint")
+            self.last_checkpoint = save_checkpoint(
                 self.run,
                 self.step,
                 self.wrapped,
@@ -659,6 +908,7 @@ class TrainLoop:
                 self.scheduler,
                 {"sampler": self.sampler.state_dict()},
                 self.extra_models,
+                weights=weights,
             )
 
     def finish(
@@ -667,7 +917,7 @@ class TrainLoop:
         """Save the final model to ``output_dir/model`` (atomically), evaluate it on ``eval_split``
         when ``eval_at_end`` (after reasoning with ``reasoning``), close the logs."""
         run = self.run
-        weights = unwrapped_state_dict(run, self.wrapped)
+        weights = self._finite_weights("final model")
         model_dir = run.output_dir / MODEL_DIR
         if run.is_main:
             save_model_dir(self.model, self.processor, model_dir, state_dict=weights)
@@ -681,7 +931,13 @@ class TrainLoop:
                 run.metrics.log(self.step, {f"final_eval/{k}": v for k, v in final_eval.items()})
         run.metrics.close()
         return TrainResult(
-            run.output_dir, model_dir, self.step, self.history, final_eval or None, run.is_main
+            run.output_dir,
+            model_dir,
+            self.step,
+            self.history,
+            final_eval or None,
+            run.is_main,
+            skipped_items=self.skipped_items,
         )
 
 
@@ -695,6 +951,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     final_eval: dict[str, float] | None = None
     is_main_process: bool = True  # False on the other processes of a multi-process run
+    skipped_items: int = 0  # training records left out because their image does not decode
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ of the wrong type. The resolved config is written to ``output_dir/config.yaml`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,31 @@ RESUME_MODES = ("auto", "never")
 
 class ConfigError(ZRewardInputError):
     """A config file or override that is not valid for the trainer (unknown key, wrong type, bad value)."""
+
+
+class NonFiniteLossError(ZRewardInputError):
+    """A run stopped because its loss, its gradient norm or its weights became NaN or infinite.
+
+    Raised by the shared loop (:meth:`~.common.TrainLoop.update`) on every process at the same step,
+    before the optimizer applies the update, so nothing non-finite reaches a checkpoint or the final model.
+    ``item`` is the method; the message names the step, the value and the last good checkpoint.
+    """
+
+
+def require_finite(cfg: Any) -> None:
+    """Raise :class:`ConfigError` naming the first float field of ``cfg`` (or float in a list field) that
+    is NaN or infinite.
+
+    Walks every dataclass field generically, so a float field added to any trainer config is covered
+    without a per-field check; the range checks that follow in ``__post_init__`` then only compare
+    finite numbers (``inf > 0`` would pass them, and a NaN fails them with a confusing message).
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f.name, f"must be a finite number, got {v}")
 
 
 def help_text(text: str) -> dict[str, str]:
@@ -167,6 +193,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self)  # first: every subclass calls this before its own range checks
         require_at_least(self, 1, "max_steps", "batch_size", "log_every", "keep_checkpoints")
         require_at_least(
             self, 0, "warmup_steps", "eval_every", "save_every", "num_threads", "weight_decay",
@@ -176,6 +203,10 @@ class TrainConfig:
             raise ConfigError("adam_epsilon", f"must be > 0, got {self.adam_epsilon}")
         if not self.learning_rate > 0:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.learning_rate > 1:
+            # AdamW moves each weight by up to about the learning rate per update, so above 1 no run
+            # learns anything; far above it (~1e37) torch's Adam step even overflows with a raw error
+            raise ConfigError("learning_rate", f"must be at most 1 for AdamW, got {self.learning_rate}")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")

@@ -9,10 +9,16 @@ distillation items, each turned into tensors by index so that a trainer can ask 
   ``w`` is the higher-scored image: the GDSO/GRPO training instance (p, I_w, I_l, ŝ_w, ŝ_l, d).
 * :class:`ItemData`: one item per (record, dimension), labels not needed: the RISD cache and OPD.
 
-Images are decoded once and kept resized to the model's resolution, still in [0, 1]
-(:class:`ImageCache`); normalising them later gives exactly the pixels of the scoring path
+Images are decoded once, when a view is built, and kept resized to the model's resolution, still in
+[0, 1] (:class:`ImageCache`); normalising them later gives exactly the pixels of the scoring path
 (``ZRewardProcessor.pixel_values``: resize, then normalise). The datasets here are small (the synthetic
 set is a few hundred 64-px images); a large real dataset would stream instead.
+
+Decoding everything up front is also what makes one bad file cost one item instead of the run: an image
+that ``zreward data check`` accepts (its header is fine) may still fail to decode (truncated pixel data).
+Such a record is left out before pairs or items are built, and listed in :attr:`ImageCache.skipped`; the
+training loop logs and counts it (:meth:`~.common.TrainLoop.start`). Every view (and the RISD teacher
+cache, which takes the cache's records) goes through :class:`ImageCache`, so every trainer behaves alike.
 """
 
 from __future__ import annotations
@@ -28,30 +34,78 @@ from zreward_deploy.errors import ZRewardInputError
 from zreward_deploy.processing import ZRewardProcessor, preprocess_tensor
 
 
+@dataclass(frozen=True)
+class SkippedItem:
+    """A record left out of training because its image cannot be decoded."""
+
+    id: str
+    image: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.image}): {self.reason}"
+
+
 class ImageCache:
-    """Decoded images resized to the model's resolution, ``[3, S, S]`` in [0, 1], cached by record index."""
+    """The records of a split whose images decode, each image resized to the model's resolution,
+    ``[3, S, S]`` in [0, 1]; indexed by position in :attr:`records`.
+
+    Every image is decoded when the cache is built. A record whose image fails
+    (``processor.image_tensor`` raises a :class:`~zreward_deploy.errors.ZRewardInputError`: truncated
+    pixel data, a corrupt or unreadable file) is dropped from :attr:`records` and listed in
+    :attr:`skipped` with the reason; the others keep their order. Decoding lazily would instead stop the
+    run at whichever step first drew the bad item.
+
+    Raises:
+        ZRewardInputError: when records were given and not one image decodes (nothing to train on).
+    """
 
     def __init__(self, records: Sequence[Record], processor: ZRewardProcessor):
-        self.records = records
         self.processor = processor
-        self._cache: dict[int, torch.Tensor] = {}
+        self.total = len(records)
+        self.records: list[Record] = []
+        self.skipped: list[SkippedItem] = []
+        self._images: list[torch.Tensor] = []
+        size = processor.config.image_size
+        for record in records:
+            try:
+                x = processor.image_tensor(record.image_path, item=record.id)
+            except ZRewardInputError as exc:
+                self.skipped.append(SkippedItem(record.id, str(record.image_path), exc.reason))
+                continue
+            self.records.append(record)
+            # mean 0 / std 1: only the resize; the normalisation happens in pixel_values()
+            self._images.append(preprocess_tensor(x.unsqueeze(0), size, (0.0,) * 3, (1.0,) * 3)[0])
+        if self.total and not self.records:
+            raise ZRewardInputError(
+                "data",
+                f"none of the {self.total} records has an image that can be decoded, e.g. {self.skipped[0]}",
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def describe_skipped(self) -> str:
+        """One line saying how many records were skipped, then one line per skipped record."""
+        head = f"skipped {len(self.skipped)} of {self.total} items with undecodable images:"
+        return "\n".join([head, *(f"  {item}" for item in self.skipped)])
 
     def get(self, index: int) -> torch.Tensor:
-        if index not in self._cache:
-            record = self.records[index]
-            x = self.processor.image_tensor(record.image_path, item=record.id)
-            size = self.processor.config.image_size
-            # mean 0 / std 1: only the resize; the normalisation happens in pixel_values()
-            self._cache[index] = preprocess_tensor(x.unsqueeze(0), size, (0.0,) * 3, (1.0,) * 3)[0]
-        return self._cache[index]
+        return self._images[index]
 
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """``[B, 3, S, S]`` in [0, 1]."""
-        return torch.stack([self.get(i) for i in indices])
+        return torch.stack([self._images[i] for i in indices])
 
     def pixel_values(self, indices: Sequence[int]) -> torch.Tensor:
         """``[B, 3, S, S]`` normalised model inputs."""
         return self.processor.preprocess_tensor(self.images(indices))
+
+
+def decoded(records: Sequence[Record] | ImageCache, processor: ZRewardProcessor) -> ImageCache:
+    """``records`` as an :class:`ImageCache` (decoded now, unless they already are one: RISD decodes
+    before building its teacher cache and hands the same cache to :class:`StudentData`)."""
+    return records if isinstance(records, ImageCache) else ImageCache(records, processor)
 
 
 def resolve_dimensions(
@@ -103,7 +157,8 @@ class StudentData:
     """Records as student items (all ``dimensions`` per item).
 
     Args:
-        records: the split's records.
+        records: the split's records, or an :class:`ImageCache` of them (records whose image does not
+            decode are left out either way).
         processor: the model's processor (templates, score scale, image size).
         dimensions: the D dimensions, in the order of the model's suffixes.
         label_source: which human score is the label (:meth:`Record.human_score`; ``"scores"`` =
@@ -114,17 +169,17 @@ class StudentData:
 
     def __init__(
         self,
-        records: Sequence[Record],
+        records: Sequence[Record] | ImageCache,
         processor: ZRewardProcessor,
         dimensions: Sequence[str],
         label_source: str = "scores",
         targets: Mapping[tuple[str, str], torch.Tensor] | None = None,
     ):
-        self.records = list(records)
+        self.images = decoded(records, processor)
+        self.records = self.images.records
         self.processor = processor
         self.dimensions = list(dimensions)
         self.scale = processor.config.get_score_scale()
-        self.images = ImageCache(self.records, processor)
         self.prompt_ids = [processor.prompt_ids(r.prompt, item=r.id) for r in self.records]
         d, k = len(self.dimensions), self.scale.num_scores
         self.labels = torch.full((len(self.records), d), math.nan)
@@ -208,7 +263,8 @@ class PairData:
     """Same-prompt pairs with different labels on each of ``dimensions``.
 
     Args:
-        records: the split's records.
+        records: the split's records, or an :class:`ImageCache` of them (records whose image does not
+            decode are left out before pairing).
         processor: the model's processor.
         dimensions: dimensions to pair on.
         label_source: which human score is the label (``"scores"``: the training label).
@@ -217,16 +273,16 @@ class PairData:
 
     def __init__(
         self,
-        records: Sequence[Record],
+        records: Sequence[Record] | ImageCache,
         processor: ZRewardProcessor,
         dimensions: Sequence[str],
         label_source: str = "scores",
         min_gap: float = 0.0,
     ):
-        self.records = list(records)
+        self.images = decoded(records, processor)
+        self.records = self.images.records
         self.processor = processor
         self.scale = processor.config.get_score_scale()
-        self.images = ImageCache(self.records, processor)
         self.pairs = []
         for p in build_pairs(self.records, list(dimensions), source=label_source, min_gap=min_gap):
             if p.score_a > p.score_b:
@@ -276,12 +332,15 @@ class ItemBatch:
 
 
 class ItemData:
-    """Every (record, dimension) of ``records`` × ``dimensions``, record-major."""
+    """Every (record, dimension) of ``records`` × ``dimensions``, record-major (records whose image does
+    not decode are left out)."""
 
-    def __init__(self, records: Sequence[Record], processor: ZRewardProcessor, dimensions: Sequence[str]):
-        self.records = list(records)
+    def __init__(
+        self, records: Sequence[Record] | ImageCache, processor: ZRewardProcessor, dimensions: Sequence[str]
+    ):
+        self.images = decoded(records, processor)
+        self.records = self.images.records
         self.dimensions = list(dimensions)
-        self.images = ImageCache(self.records, processor)
         self.items = [(i, d) for i in range(len(self.records)) for d in self.dimensions]
 
     def __len__(self) -> int:

@@ -169,7 +169,13 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
     ref = frozen_copy(model).to(run.device) if cfg.beta > 0 else None
     extra = {"ref_model": ref} if ref is not None else {}
     loop = TrainLoop.start(
-        run, model, processor, len(data), total_updates=cfg.max_steps * cfg.inner_updates, extra_models=extra
+        run,
+        model,
+        processor,
+        len(data),
+        total_updates=cfg.max_steps * cfg.inner_updates,
+        extra_models=extra,
+        images=data.images,
     )
 
     def policy_pass(**inputs: Any) -> Any:

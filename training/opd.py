@@ -98,7 +98,7 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
     data = ItemData(records, processor, dims)
-    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps)
+    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images)
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.include_score_token)
     eval_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
     teacher_pass = frozen_pass(teacher, t_proc)

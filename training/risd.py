@@ -19,7 +19,6 @@ The cache is built by the main process only (the others wait for it), generation
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,12 @@ from typing import Any, ClassVar
 import torch
 
 from zreward_deploy.data import Record, load_split
+from zreward_deploy.fileio import atomic_write_text
 from zreward_deploy.generation import generate_reasoning
 
 from .common import Run, TrainResult, derive_seed, load_model, start_run
 from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
-from .data import StudentBatch, StudentData, resolve_dimensions
+from .data import ImageCache, StudentBatch, StudentData, resolve_dimensions
 from .losses import forward_kl_loss
 from .sft import run_student_loop
 
@@ -148,9 +148,7 @@ def build_teacher_cache(
                 )
             tokens += int(lengths.sum())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(lines))
     return {"entries": len(lines), "tokens": tokens}
 
 
@@ -162,7 +160,18 @@ def read_teacher_cache(
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+            key, probs = (row["id"], row["dimension"]), torch.tensor(row["probs"], dtype=torch.float32)
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged file: say where, and how to recover
+            raise ConfigError(
+                str(path),
+                f"line {number} is not a teacher target ({type(exc).__name__}); set rebuild_cache=true",
+            ) from None
+        if not bool(torch.isfinite(probs).all()):
+            raise ConfigError(
+                str(path), f"line {number} holds NaN or infinite values; set rebuild_cache=true"
+            )
         if provenance is not None:
             differs = {k: row.get(k) for k, v in provenance.items() if row.get(k) != v}
             if differs:
@@ -171,7 +180,7 @@ def read_teacher_cache(
                     f"line {number} was made with {differs}, not this config's "
                     f"{ {k: provenance[k] for k in differs} }; set rebuild_cache=true or another cache path",
                 )
-        targets[(row["id"], row["dimension"])] = torch.tensor(row["probs"], dtype=torch.float32)
+        targets[key] = probs
     return targets
 
 
@@ -225,10 +234,13 @@ def train_risd(cfg: RISDConfig) -> TrainResult:
         cfg.data, cfg.train_split, scale=model.config.get_score_scale(), rubric=model.config.get_rubric()
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
-    targets = prepare_targets(run, cfg, records, dims)
+    # decode first: the teacher cache covers only the records the student can train on (an undecodable
+    # image would otherwise stop the teacher's generation, then be skipped by the student anyway)
+    images = ImageCache(records, processor)
+    targets = prepare_targets(run, cfg, images.records, dims)
     k = model.config.get_score_scale().num_scores
     if any(q.numel() != k for q in targets.values()):
         raise ConfigError("teacher", f"the teacher's score scale does not have the student's {k} values")
-    data = StudentData(records, processor, dims, targets=targets)
+    data = StudentData(images, processor, dims, targets=targets)
     loss = make_risd_loss(model.config.get_score_scale().values)
     return run_student_loop(run, model, processor, data, loss, loss_name="kl")

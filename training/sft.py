@@ -101,7 +101,7 @@ def run_student_loop(
     split.
     """
     cfg = run.config
-    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps)
+    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images)
     suffix_ids = [s.to(run.device) for s in processor.suffix_ids(data.dimensions)]
 
     with run.progress(cfg.max_steps, loop.step) as bar:

@@ -128,14 +128,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder``: done before a folder is renamed into place, since after a power
+    loss the rename may otherwise survive while the files' data does not (a complete-looking folder of
+    empty files)."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing what is there.
 
-    ``os.replace`` cannot replace a non-empty folder, so the old one is first renamed aside and deleted
-    after the new one is in place: at every instant ``final`` is either the old folder, absent, or the
+    The files of ``tmp`` are fsynced first. ``os.replace`` cannot replace a non-empty folder, so the old
+    one is first renamed aside and deleted after the new one is in place: at every instant ``final`` is either the old folder, absent, or the
     whole new one, never a mix.
     """
     tmp, final = Path(tmp), Path(final)
+    fsync_tree(tmp)
     old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
     if final.exists() or final.is_symlink():
         os.replace(final, old)

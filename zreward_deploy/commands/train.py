@@ -6,11 +6,18 @@ its default and help; ``--print-config`` prints the resolved config and exits. M
 ``accelerate launch --multi_gpu --num_processes 2 -m zreward_deploy.cli train sft ...`` (two gloo processes
 on a machine without GPUs; ``--cpu --num_processes 2`` starts only one) or ``torchrun --nproc_per_node 2
 -m zreward_deploy.cli train sft ...``; docs/training.md §5 has the GPU and multi-node commands.
+
+A run that cannot go on stops with one line ``zreward: error: ...`` and exit status 2: a config value
+refused (a non-finite float included), a damaged checkpoint (``InvalidModelError`` naming the file), or a
+NaN/inf loss or gradient norm (``NonFiniteLossError``, naming the step and the last good checkpoint).
+What a run tolerates (an image that does not decode, a cut last line of metrics.jsonl, a missing RNG file,
+``latest`` naming a lost checkpoint) is printed as ``zreward: warning: ...`` lines (docs/training.md §4).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 # method -> (module, config class, train function); imported only when the command runs
 TRAINERS: dict[str, tuple[str, str, str]] = {
@@ -56,6 +63,28 @@ def format_config_help(config_cls: type) -> str:
     return "\n".join(lines)
 
 
+class _WarningFormatter(logging.Formatter):
+    """``zreward: warning: message``, in the style of the CLI's ``zreward: error: ...`` line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"zreward: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def show_training_warnings() -> None:
+    """Print the trainers' warnings on stderr, unless the caller set up logging (then they go there).
+
+    Without a handler Python would print them anyway (its last-resort handler), but unlabelled; a
+    handler is added once, to the trainers' logger only, so nothing else about logging changes.
+    """
+    trainers = logging.getLogger("zreward_deploy.training")
+    if logging.getLogger().handlers or trainers.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_WarningFormatter())
+    handler.setLevel(logging.WARNING)
+    trainers.addHandler(handler)
+
+
 def run_train(args: argparse.Namespace) -> int:
     config_cls, train = load_trainer(args.method)
     if args.help_config:
@@ -65,10 +94,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    show_training_warnings()
     result = train(cfg)
     if not result.is_main_process:  # one summary per run, not one per process
         return 0
     print(f"{args.method}: {result.steps} steps; model saved to {result.model_dir}")
+    if result.skipped_items:
+        print(
+            f"skipped {result.skipped_items} training item(s) whose image cannot be decoded (see the warning)"
+        )
     print(f"metrics: {result.output_dir / 'metrics.jsonl'}")
     if result.final_eval:
         print(
