@@ -253,10 +253,14 @@ def test_score_tensor_accepts_float_dtypes_and_stays_differentiable(scorer, dtyp
 # --------------------------------------------------------------------------------------------------
 
 
+def _edit_json(path, **changes):
+    content = json.loads(path.read_text())
+    content.update(changes)
+    path.write_text(json.dumps(content))
+
+
 def _edit_config(folder, **changes):
-    config = json.loads((folder / "config.json").read_text())
-    config.update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
+    _edit_json(folder / "config.json", **changes)
 
 
 def _nan_weights(folder):
@@ -296,6 +300,11 @@ DAMAGE = {
     ),
     "tokenizer corrupt": ("", lambda d: (d / "tokenizer.json").write_text("{bad")),
     "tokenizer empty object": ("", lambda d: (d / "tokenizer.json").write_text("{}")),
+    # loads, then fails on the first encode: found by the model-folder fuzz test
+    "tokenizer limit not a number": (
+        "",
+        lambda d: _edit_json(d / "tokenizer_config.json", model_max_length=[]),
+    ),
     "NaN weights": ("", _nan_weights),
 }
 

@@ -415,9 +415,15 @@ class ZRewardProcessor:
             if unknown:
                 raise InvalidModelError(str(path), f"unknown settings {unknown}; known: ['max_image_pixels']")
         try:
-            return cls(tokenizer, config, **extra)
+            processor = cls(tokenizer, config, **extra)
+            processor.suffix_ids(config.get_rubric().names)  # a tokenizer that loads but cannot encode
         except InvalidModelError as exc:
             raise InvalidModelError(str(path) if exc.item in extra else directory, exc.reason) from None
+        except Exception as exc:  # e.g. a tokenizer_config.json whose model_max_length is not a number
+            raise InvalidModelError(
+                directory, f"the tokenizer does not work ({type(exc).__name__}: {exc})"
+            ) from None
+        return processor
 
     # -- text ---------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
