@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from zreward_deploy.data import Record, build_pairs
-from zreward_deploy.errors import ZRewardInputError
-from zreward_deploy.processing import ZRewardProcessor, preprocess_tensor
+from zreward_deploy.errors import InvalidImageError, ZRewardInputError
+from zreward_deploy.processing import ZRewardProcessor
+from zreward_deploy.scoring import item_call
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class ImageCache:
     ``[3, S, S]`` in [0, 1]; indexed by position in :attr:`records`.
 
     Every image is decoded when the cache is built. A record whose image fails
-    (``processor.image_tensor`` raises a :class:`~zreward_deploy.errors.ZRewardInputError`: truncated
-    pixel data, a corrupt or unreadable file) is dropped from :attr:`records` and listed in
+    (``processor.model_image`` fails: truncated pixel data, a corrupt or unreadable file, whatever the
+    decoder raises) is dropped from :attr:`records` and listed in
     :attr:`skipped` with the reason; the others keep their order. Decoding lazily would instead stop the
     run at whichever step first drew the bad item.
 
@@ -66,16 +67,16 @@ class ImageCache:
         self.records: list[Record] = []
         self.skipped: list[SkippedItem] = []
         self._images: list[torch.Tensor] = []
-        size = processor.config.image_size
         for record in records:
             try:
-                x = processor.image_tensor(record.image_path, item=record.id)
+                # resized as decoded (the normalisation happens in pixel_values()): the cache holds S x S
+                # images only, and a large source image never exists in float at full resolution
+                image = item_call(processor.model_image, record.image_path, record.id, InvalidImageError)
             except ZRewardInputError as exc:
                 self.skipped.append(SkippedItem(record.id, str(record.image_path), exc.reason))
                 continue
             self.records.append(record)
-            # mean 0 / std 1: only the resize; the normalisation happens in pixel_values()
-            self._images.append(preprocess_tensor(x.unsqueeze(0), size, (0.0,) * 3, (1.0,) * 3)[0])
+            self._images.append(image)
         if self.total and not self.records:
             raise ZRewardInputError(
                 "data",

@@ -37,10 +37,11 @@ from typing import Any
 
 import torch
 
-from zreward_deploy.errors import ZRewardInputError
+from zreward_deploy.errors import InvalidImageError, ZRewardInputError
 from zreward_deploy.generation import generate_reasoning, teacher_forward
 from zreward_deploy.modeling import ZRewardModel, ZRewardOutput
-from zreward_deploy.processing import ZRewardProcessor, preprocess_tensor
+from zreward_deploy.processing import ZRewardProcessor
+from zreward_deploy.scoring import item_call
 
 from .common import derive_seed
 from .data import ItemBatch, PairBatch
@@ -409,23 +410,18 @@ class ReasoningScorer:
         for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
             try:
                 self.processor.validate_prompt(prompt, item=i)
-                tensors.append(self.processor.image_tensor(image, item=i))
+                # resized as decoded: only S x S images are held, whatever the sources' sizes
+                tensors.append(item_call(self.processor.model_image, image, i, InvalidImageError))
                 ok.append(i)
             except ZRewardInputError as exc:
                 if errors == "raise":
                     raise
                 failures[i] = exc
-        size = self.config.image_size
         device = next(self.model.parameters()).device
         for start in range(0, len(ok), self.max_batch_size):
             chunk = ok[start : start + self.max_batch_size]
-            # resize each image (any size) to the model's, still in [0, 1]; generate_reasoning normalises
-            resized = torch.cat(
-                [
-                    preprocess_tensor(t.unsqueeze(0), size, (0.0,) * 3, (1.0,) * 3)
-                    for t in tensors[start : start + len(chunk)]
-                ]
-            )
+            # [b, 3, S, S] still in [0, 1]; generate_reasoning normalises
+            resized = torch.stack(tensors[start : start + len(chunk)])
             for d, name in enumerate(names):
                 self._calls += 1
                 out = generate_reasoning(
