@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 
+from .args import parse_list
 
-def _csv(text: str | None, cast: type = str) -> tuple | None:
-    return tuple(cast(x.strip()) for x in text.split(",") if x.strip()) if text else None
+
+def _csv(text: str | None, flag: str, cast: type = str) -> tuple | None:
+    values = parse_list(text, flag, cast)
+    return tuple(values) if values is not None else None
 
 
 def _loading_flags(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def run_onnx(args: argparse.Namespace) -> int:
 
     config = OnnxExportConfig(
         dtype=args.dtype,
-        dimensions=_csv(args.dimensions),
+        dimensions=_csv(args.dimensions, "--dimensions"),
         opset=args.opset,
         atol=args.atol,
         validate=not args.no_validate,
@@ -122,7 +125,7 @@ def run_tensorrt(args: argparse.Namespace) -> int:
     config = TensorRTBuildConfig(
         max_batch_size=args.max_batch_size,
         opt_batch_size=args.opt_batch_size,
-        text_length_buckets=_csv(args.buckets, int),
+        text_length_buckets=_csv(args.buckets, "--buckets", int),
         workspace_gib=args.workspace_gib,
     )
     record = export_tensorrt(
@@ -143,9 +146,9 @@ def run_triton(args: argparse.Namespace) -> int:
     config = TritonRepoConfig(
         model_name=args.name,
         max_batch_size=args.max_batch_size,
-        preferred_batch_sizes=_csv(args.preferred_batch_sizes, int),
+        preferred_batch_sizes=_csv(args.preferred_batch_sizes, "--preferred-batch-sizes", int),
         max_queue_delay_us=args.max_queue_delay_us,
-        text_length_buckets=_csv(args.buckets, int),
+        text_length_buckets=_csv(args.buckets, "--buckets", int),
         instance_kind=args.kind,
         warmup=not args.no_warmup,
     )
