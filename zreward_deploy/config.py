@@ -275,6 +275,10 @@ class ZRewardConfig(PretrainedConfig):
         max_prompt_tokens: longest prompt accepted (tokens, after the template); longer raises.
         score_head_backend: ``"auto"`` (Triton kernel on CUDA, PyTorch reference elsewhere; the
             ``ZREWARD_SCORE_HEAD`` environment variable may force either), ``"triton"`` or ``"torch"``.
+        training: what the weights were trained on (:func:`check_training_record`): ``method``,
+            ``dimensions`` (the trained ones; ``[]`` for an untrained preset or composed model), and
+            optionally ``data``, ``steps``, ``metrics``. Scoring defaults to the trained dimensions and
+            marks the others; ``None`` means unknown (a model saved before records existed).
     """
 
     model_type = "zreward_vlm"
@@ -295,6 +299,7 @@ class ZRewardConfig(PretrainedConfig):
         templates: Mapping[str, str] | None = None,
         max_prompt_tokens: int = 256,
         score_head_backend: str = "auto",
+        training: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
         self.vision_config = _sub_config(vision_config, "siglip_vision_model")
@@ -334,8 +339,17 @@ class ZRewardConfig(PretrainedConfig):
                 "score_head_backend", f"must be 'auto', 'triton' or 'torch', got {score_head_backend!r}"
             )
         self.score_head_backend = score_head_backend
+        self.training = check_training_record(training)
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
+
+    def trained_dimensions(self) -> list[str] | None:
+        """The rubric dimensions this model was trained to score (its training record), ``[]`` for a
+        model that was never trained (a preset or a composed model), ``None`` when the model carries no
+        record (saved before records existed: unknown)."""
+        if self.training is None:
+            return None
+        return [d for d in self.get_rubric().names if d in self.training["dimensions"]]
 
     # Convenience views of the plain-data fields --------------------------------------------------
     def get_score_scale(self) -> ScoreScale:
@@ -358,6 +372,32 @@ class ZRewardConfig(PretrainedConfig):
     def scale_fields(self) -> dict[str, str]:
         scale = self.get_score_scale()
         return {"min": format_score(scale.min), "max": format_score(scale.max)}
+
+
+TRAINING_METHODS = ("none", "compose", "sft", "grpo", "gdso", "risd", "opd")
+
+
+def check_training_record(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a model's training record (``config.training``) and return it as a plain dict.
+
+    Keys: ``method`` (one of :data:`TRAINING_METHODS`; ``none`` = randomly initialised, ``compose`` =
+    pretrained towers with an untrained projector), ``dimensions`` (list of the rubric dimensions the
+    weights were trained on), and optional free-form ``data`` (dataset path), ``steps`` (int),
+    ``metrics`` (final evaluation, JSON-friendly), ``base`` (the model training started from).
+    """
+    if record is None:
+        return None
+    if not isinstance(record, Mapping):
+        raise InvalidModelError("training", f"must be an object, got {type(record).__name__}")
+    method, dims = record.get("method"), record.get("dimensions")
+    if method not in TRAINING_METHODS:
+        raise InvalidModelError("training", f"method must be one of {TRAINING_METHODS}, got {method!r}")
+    if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims):
+        raise InvalidModelError("training", f"dimensions must be a list of names, got {dims!r}")
+    steps = record.get("steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise InvalidModelError("training", f"steps must be a non-negative integer, got {steps!r}")
+    return dict(record)
 
 
 def _channel_values(name: str, values: Any) -> list[float]:

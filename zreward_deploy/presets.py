@@ -154,7 +154,7 @@ def build_preset(
         score_scale=scale.to_dict(),
         score_token_ids=scale.token_ids(tokenizer),
         rubric=rubric,
-        **config_kwargs,
+        **{"training": {"method": "none", "dimensions": []}, **config_kwargs},
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -216,7 +216,7 @@ def compose(
         score_scale=scale.to_dict(),
         score_token_ids=scale.token_ids(tokenizer),
         rubric=rubric,
-        **config_kwargs,
+        **{"training": {"method": "compose", "dimensions": []}, **config_kwargs},
     )
     load = {"local_files_only": True, "use_safetensors": True, "torch_dtype": torch_dtype}
     try:
