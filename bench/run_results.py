@@ -1,7 +1,7 @@
 """The docs/results.md table: every method trained on the synthetic benchmark with fixed seeds and
 budgets, evaluated on its test split, plus the teacher-vs-student scoring cost on the same hardware.
 
-    python -m zreward_deploy.bench.run_results --out runs/results          # the table (≈ 15–20 min, 2 cores)
+    python -m zreward_deploy.bench.run_results --out runs/results          # the table (544 s on 2 idle cores: docs/results.md)
     python -m zreward_deploy.bench.run_results --out runs/quick --quick    # smoke test (tiny budgets)
 
 Writes ``results.json`` (every number, budgets, wall times, environment), ``results.md`` (the tables),

@@ -527,6 +527,7 @@ def export_onnx(
         cfg.overwrite,
         flag="--overwrite (overwrite=True)",
         protect=[source_dir] if source_dir else [],
+        marker=[METADATA_FILE],
     )
     source, processor, source_name = _load(model, processor)
     rubric = source.config.get_rubric()

@@ -424,7 +424,7 @@ def export_tensorrt(
     if build:
         import_tensorrt()  # fail before copying anything
         _require_cuda()
-    out = check_output_dir(out_dir, overwrite, protect=[src])
+    out = check_output_dir(out_dir, overwrite, protect=[src], marker=[TENSORRT_METADATA_FILE, METADATA_FILE])
     profiles = optimization_profiles(cfg, meta["image_size"])
     record: dict[str, Any] = {
         "build_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},

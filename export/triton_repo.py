@@ -211,7 +211,8 @@ def write_triton_repository(
             "text_length_buckets",
             f"the largest bucket must hold {meta['max_prompt_tokens']} tokens (the prompt limit)",
         )
-    out = check_output_dir(out_dir, overwrite, protect=[src])
+    # a model repository holds one folder per model, each with its config.pbtxt
+    out = check_output_dir(out_dir, overwrite, protect=[src], marker=["*/config.pbtxt"])
     from zreward_deploy.processing import ZRewardProcessor
 
     model_rel = Path("model_repository", cfg.model_name)

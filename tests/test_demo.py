@@ -140,8 +140,16 @@ def test_report_without_matplotlib_says_so(demo, tmp_path):
     assert not re.search(r"!\[[^\]]*\]\([^)]*(training_curves|bench_latency)", report)
 
 
-def test_failed_stage_is_named(tmp_path, capsys):
-    (tmp_path / "data").write_text("a file where the dataset folder goes")
+def test_failed_stage_is_named(tmp_path, capsys, monkeypatch):
+    import zreward_deploy.demo as demo_module
+
+    synthesize = demo_module.synthesize
+
+    def file_in_the_way(data, *args, **kwargs):  # the dataset folder's path is taken by a file
+        data.write_text("a file where the dataset folder goes")
+        return synthesize(data, *args, **kwargs)
+
+    monkeypatch.setattr(demo_module, "synthesize", file_in_the_way)
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "zreward demo: error: stage 1/10 (synthetic data) failed" in err

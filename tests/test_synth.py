@@ -183,9 +183,14 @@ def test_refuses_a_non_empty_folder_and_bad_settings(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ZRewardInputError, match="not empty"):
         generate_dataset(tmp_path, SynthConfig(prompts=1, images_per_prompt=2))
-    counts = generate_dataset(tmp_path, SynthConfig(prompts=1, images_per_prompt=2), overwrite=True)
+    # --overwrite replaces an earlier dataset, never a folder that holds something else (it is deleted)
+    with pytest.raises(ZRewardInputError, match="does not look like"):
+        generate_dataset(tmp_path, SynthConfig(prompts=1, images_per_prompt=2), overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "x"
+    generate_dataset(tmp_path / "data", SynthConfig(prompts=1, images_per_prompt=2))
+    counts = generate_dataset(tmp_path / "data", SynthConfig(prompts=1, images_per_prompt=2), overwrite=True)
     assert counts == {"train": 2, "val": 0, "test": 0}  # one prompt cannot be split
-    with pytest.raises(ZRewardInputError, match="images_per_prompt"):
+    with pytest.raises(ZRewardInputError, match="--images-per-prompt.*>= 2"):
         SynthConfig(images_per_prompt=1)
-    with pytest.raises(ZRewardInputError, match="image_size"):
+    with pytest.raises(ZRewardInputError, match="--image-size.*between 16 and 1024"):
         SynthConfig(image_size=8)

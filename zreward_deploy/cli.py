@@ -1,8 +1,9 @@
 """The ``zreward`` command line: ``zreward <group> <command> ...``.
 
 Errors: bad input (:class:`ZRewardInputError`) and missing extras print one line and exit 2; a failed file
-operation (read-only folder, full disk) prints the path and the system's reason and exits 1. Set
-``ZREWARD_DEBUG=1`` to get the traceback instead.
+operation (read-only folder, full disk) prints the path and the system's reason and exits 1; a closed
+output pipe (``| head``) exits 141 quietly; Ctrl-C prints one line and exits 130. Set ``ZREWARD_DEBUG=1``
+to get the traceback instead.
 
 Thin by design: each command group lives in ``zreward_deploy/commands/<group>.py`` with a
 ``register(subparsers)`` function that only declares arguments; the command functions import the heavy
@@ -12,6 +13,7 @@ libraries (torch, transformers, onnxruntime, ...) when they run, so ``zreward --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -62,6 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print_error(str(exc))
         return 2
+    except BrokenPipeError:
+        # `zreward ... --json | head`: the reader closed the pipe; that is not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's final flush does not raise again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout may have no descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130  # 128 + SIGINT
     except OSError as exc:
         # A read-only folder, a full disk, a missing parent: the system's own words and the path, in one
         # line (ZREWARD_DEBUG=1 shows the traceback instead).

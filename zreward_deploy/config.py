@@ -198,7 +198,7 @@ class Rubric:
             names = [names]
         names = list(names)
         if not names:
-            raise UnknownDimensionError(names, "asked for no dimensions; pass None for all")
+            raise UnknownDimensionError(names, "no dimension named; name at least one, or leave it out for the default")
         if len(set(names)) != len(names):
             raise UnknownDimensionError(names, "a dimension is asked for twice")
         return [self[n] for n in names]

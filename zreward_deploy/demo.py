@@ -18,8 +18,8 @@ Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress 
 10. ``report.md`` with the tables and plots (``zreward_deploy/demo_report.py``) and ``summary.json``.
 
 The training budgets are those of ``bench/run_results.py`` for one seed (the docs/results.md table): the
-whole demo takes 1.5–3 minutes on two idle CPU cores, most of it the SFT warm start and GDSO;
-``quick=True`` runs every stage with tiny budgets (about 20 s; the numbers are then meaningless). Everything is on the ``realism`` dimension,
+measured durations of the demo and of ``quick=True`` (every stage with tiny budgets; the numbers are
+then meaningless) are in the README, with the machine. Everything is on the ``realism`` dimension,
 which these tiny models learn in minutes (docs/results.md explains why). A failing stage raises
 :class:`DemoStageError` naming it.
 """
@@ -146,7 +146,8 @@ def _say(line: str) -> None:
 def run_demo(
     out_dir: str | os.PathLike = "zreward-demo", seed: int = 0, quick: bool = False
 ) -> dict[str, Any]:
-    """Run the whole pipeline into ``out_dir`` (files of an earlier demo there are replaced).
+    """Run the whole pipeline into ``out_dir`` (files of an earlier demo there are replaced; the command
+    ``zreward demo`` refuses a non-empty folder unless ``--overwrite``, then deletes it first).
 
     Returns:
         The summary (also written to ``out_dir/summary.json``): every number of the report, the

@@ -20,7 +20,12 @@ class ZRewardInputError(ValueError):
     def __init__(self, item: Any, reason: str):
         self.item = item
         self.reason = reason
-        where = f"{item!r}: " if item is not None else ""
+        if item is None:
+            where = ""
+        elif isinstance(item, str) and item.startswith("--") and item.isprintable():
+            where = f"{item}: "  # a command-line flag, as the user typed it
+        else:
+            where = f"{item!r}: "
         super().__init__(f"{where}{reason}")
 
     def __reduce__(self):  # keep picklable (multiprocessing, Ray) despite the two-argument constructor

@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import format_score
 from .data.format import Record, build_pairs
-from .errors import MissingDependencyError, UnknownDimensionError
+from .errors import MissingDependencyError, UnknownDimensionError, ZRewardInputError
 from .metrics import (
     emd,
     js_divergence,
@@ -228,6 +228,7 @@ def evaluate(
     batch_size: int = 32,
     progress: bool = False,
     n_bins: int = 10,
+    dimensions: Sequence[str] | None = None,
 ) -> Evaluation:
     """Score ``records`` with ``scorer`` and compute the metrics (pooled and per dimension).
 
@@ -237,11 +238,24 @@ def evaluate(
         batch_size: images per ``scorer.score`` call.
         progress: show a tqdm bar on stderr.
         n_bins: bins of the calibration error.
+        dimensions: the dimensions to evaluate (each must be labelled in ``records``). Default: the
+            labelled dimensions the model was trained on (its training record), or every labelled one
+            when the record names none of them. ``metrics["untrained_dimensions"]`` lists the evaluated
+            dimensions the record says were never trained.
 
     Returns:
         The :class:`Evaluation`; ``.metrics`` holds the report.
     """
-    dims = split_dimensions(records, scorer.config.get_rubric().names)
+    labelled = split_dimensions(records, scorer.config.get_rubric().names)
+    trained = getattr(scorer.config, "trained_dimensions", lambda: None)()  # duck-typed configs: unknown
+    if dimensions is not None:
+        dims = [d.name for d in scorer.config.get_rubric().select(list(dimensions))]
+        unlabelled = [d for d in dims if d not in labelled]
+        if unlabelled:
+            raise ZRewardInputError(unlabelled[0], f"is not labelled in these records; they label {labelled}")
+    else:
+        dims = [d for d in labelled if trained and d in trained] or labelled
+    untrained = [] if trained is None else [d for d in dims if d not in trained]
     ev = score_records(scorer, records, dims, batch_size=batch_size, progress=progress)
     _add_entries(ev, scorer.config.get_score_scale())
     report = metric_report(
@@ -258,6 +272,7 @@ def evaluate(
         "n_records": len(ev.records),
         "n_failed": len(ev.errors),
         "dimensions": ev.dimensions,
+        "untrained_dimensions": untrained,
         **report,
     }
     return ev
@@ -317,6 +332,7 @@ def format_table(metrics: dict) -> str:
     width = max([len(name) for name, _ in blocks] + [9])
     header = f"{'dimension':<{width}} " + " ".join(f"{title:>6}" for title, _, _ in _COLUMNS)
     lines = [header, "-" * len(header)]
+    untrained = set(metrics.get("untrained_dimensions", ()))
     for name, block in blocks:
         cells = []
         for _, key, kind in _COLUMNS:
@@ -325,12 +341,18 @@ def format_table(metrics: dict) -> str:
                 cells.append(f"{'n/a':>6}")
             else:
                 cells.append(f"{v:>6d}" if kind == "d" else f"{v:>6.3f}")
-        lines.append(f"{name:<{width}} " + " ".join(cells))
+        lines.append(f"{name:<{width}} " + " ".join(cells) + ("  (untrained)" if name in untrained else ""))
     undefined = [
         f"  {name}.{metric}: {reason}"
         for name, block in blocks
         for metric, reason in block.get("undefined", {}).items()
     ]
+    if untrained:
+        lines.append(
+            f"(untrained): the model's training record says {', '.join(sorted(untrained))} were never "
+            "trained; their metrics measure an untrained head"
+            + (", and the pooled row includes them" if len(blocks) > 2 else "")
+        )
     if metrics.get("n_failed"):
         lines.append(f"{metrics['n_failed']} item(s) could not be scored and are left out (see --per-item)")
     if undefined:

@@ -189,12 +189,16 @@ def check_output_dir(
     overwrite: bool = False,
     flag: str = "--overwrite",
     protect: Iterable[str | os.PathLike] = (),
+    marker: Iterable[str] = (),
 ) -> Path:
     """Check that a command may write the folder ``path``; raise :class:`ZRewardInputError` naming it.
 
     Refused: a path that is a file; a non-empty folder unless ``overwrite`` (the message names ``flag``);
-    a folder whose parent cannot be written; a folder that is, contains or lies inside one of
-    ``protect`` (the command's inputs, e.g. the source model of an export).
+    with ``overwrite``, a non-empty folder holding none of the ``marker`` files (glob patterns of files a
+    folder of this kind always has, e.g. ``config.json`` for a model): replacing deletes the folder, and a typo such as
+    ``--out ~`` must not delete a home directory; a folder whose parent cannot be written; a folder that
+    is, contains or lies inside one of ``protect`` (the command's inputs, e.g. the source model of an
+    export).
     """
     out = Path(path)
     for source in protect:
@@ -204,8 +208,18 @@ def check_output_dir(
             )
     if out.exists() and not out.is_dir():
         raise ZRewardInputError(str(out), "is a file, not a folder; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ZRewardInputError(str(out), f"folder is not empty; choose another or pass {flag} to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ZRewardInputError(
+                str(out), f"folder is not empty; choose another or pass {flag} to replace it"
+            )
+        markers = list(marker)
+        if markers and not any(any(out.glob(pattern)) for pattern in markers):
+            raise ZRewardInputError(
+                str(out),
+                f"is not empty and does not look like an output of this command (none of {markers}); "
+                f"{flag} only replaces such a folder: choose another, or empty it yourself",
+            )
     parent = out.resolve().parent  # the folder is built beside `out` and renamed into place
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

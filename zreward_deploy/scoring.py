@@ -36,6 +36,8 @@ class ScoreResult:
         dimensions: names of the D axis, in order.
         values: the K score values.
         errors: item index -> the error that item raised (``errors="collect"``); those rows are NaN.
+        untrained: the dimensions of D that the model's training record says were never trained: their
+            scores carry no learned signal (empty when the model has no record).
     """
 
     probs: torch.Tensor
@@ -45,6 +47,7 @@ class ScoreResult:
     dimensions: list[str]
     values: list[float]
     errors: dict[int, ZRewardInputError] = field(default_factory=dict)
+    untrained: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.probs.shape[0]
@@ -72,6 +75,7 @@ class ScoreResult:
                     "mean": float(mean[i, d]),
                     "std": float(std[i, d]),
                     "probs": {format_score(v): float(probs[i, d, k]) for k, v in enumerate(self.values)},
+                    "trained": name not in self.untrained,
                 }
                 for d, name in enumerate(self.dimensions)
             }
@@ -119,7 +123,8 @@ class BaseScorer:
         Args:
             images: B images: file paths, PIL images, numpy ``HxWxC`` arrays or torch ``CxHxW`` tensors.
             prompts: B prompts, or one prompt for all images.
-            dimensions: rubric dimension names (default: all, in rubric order).
+            dimensions: rubric dimension names (default: the dimensions the model was trained on, from
+                its training record; all of them, in rubric order, when it names none).
             errors: ``"raise"`` stops at the first bad item found (prompts are checked before any image is
                 decoded); ``"collect"`` scores the valid items, puts NaN
                 in the rows of bad ones and records their errors in ``ScoreResult.errors``.
@@ -132,7 +137,7 @@ class BaseScorer:
             raise ZRewardInputError("errors", f"must be 'raise' or 'collect', got {errors!r}")
         check_image_sequence(images)
         prompts = _broadcast_prompts(prompts, len(images))
-        names = [d.name for d in self.config.get_rubric().select(dimensions)]
+        names = self.dimension_names(dimensions)
         failures: dict[int, ZRewardInputError] = {}
         prompt_ids: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
@@ -182,6 +187,20 @@ class BaseScorer:
         for start in range(0, len(order), self.max_batch_size):
             yield order[start : start + self.max_batch_size]
 
+    def dimension_names(self, dimensions: Sequence[str] | str | None = None) -> list[str]:
+        """The dimensions a call scores: those named (any rubric dimension, in the order given); by
+        default the ones the model was trained on (its training record, ``config.training``), or every
+        rubric dimension when the record names none (an untrained preset, or no record)."""
+        if dimensions is None and (trained := self.config.trained_dimensions()):
+            return trained
+        return [d.name for d in self.config.get_rubric().select(dimensions)]
+
+    def untrained_dimensions(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` the model's training record says were never trained ([] without a record:
+        unknown is not marked)."""
+        trained = self.config.trained_dimensions()
+        return [] if trained is None else [n for n in names if n not in trained]
+
     def _result(
         self,
         probs: torch.Tensor,
@@ -199,6 +218,7 @@ class BaseScorer:
             dimensions=names,
             values=list(self.config.get_score_scale().values),
             errors=failures,
+            untrained=self.untrained_dimensions(names),
         )
 
 
@@ -264,7 +284,7 @@ class Scorer(BaseScorer):
                 :class:`InvalidImageError`: uint8 (divide by 255 first), other value ranges, NaN or
                 infinity, empty batches, other shapes (``processing.check_image_batch``).
             prompts: B prompts, or one prompt for all images.
-            dimensions: rubric dimension names (default: all).
+            dimensions: rubric dimension names (default: as in :meth:`score`).
 
         Returns:
             :class:`ScoreResult` on the images' device; ``reward`` is differentiable w.r.t. ``images``
@@ -273,7 +293,7 @@ class Scorer(BaseScorer):
         """
         pixel_values = self.processor.preprocess_tensor(images)
         prompts = _broadcast_prompts(prompts, images.shape[0])
-        names = [d.name for d in self.config.get_rubric().select(dimensions)]
+        names = self.dimension_names(dimensions)
         input_ids, attention_mask = self.processor.pad(
             [item_call(self.processor.prompt_ids, p, i, InvalidPromptError) for i, p in enumerate(prompts)]
         )

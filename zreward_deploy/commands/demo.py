@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import traceback
+
+# Files a demo folder has from its first stage on (the dataset) or at its end (summary, report).
+DEMO_MARKERS = ("summary.json", "report.md", "data/train.jsonl")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="the whole pipeline on a CPU (~4 min on 2 cores): synthetic data, GDSO teacher, RISD student, ONNX "
+        help="the whole pipeline on a CPU (durations: README): synthetic data, GDSO teacher, RISD student, ONNX "
         "export, parity and latency, report.md",
         description="Synthetic data -> SFT teacher (warm start) -> GDSO teacher -> RISD student -> ONNX "
         "export -> parity and latency -> OUT/report.md with tables and plots. Progress on stderr; the "
@@ -21,13 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         default="zreward-demo",
-        help="output folder; files of an earlier demo there are replaced (default: ./zreward-demo)",
+        help="output folder, new or empty unless --overwrite (default: ./zreward-demo)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the folder of an earlier demo (it is deleted first)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data, models and sampling (default: 0)")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny budgets (~20 s): checks the stages, measures nothing",
+        help="tiny budgets: checks the stages, measures nothing (a fraction of the full run)",
     )
     p.add_argument("--json", action="store_true", help="print the summary (every number) as JSON")
     p.set_defaults(func=run)
@@ -36,8 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoStageError, run_demo
     from ..errors import MissingDependencyError, ZRewardInputError
+    from ..fileio import check_output_dir
     from .score import format_records
 
+    # The one folder rule of every command: an earlier demo is replaced only when asked, and only a folder
+    # that is one (a typo must not delete another folder); it is removed first so that no stage of the new
+    # run resumes or mixes with the old one.
+    out = check_output_dir(args.out, args.overwrite, marker=DEMO_MARKERS)
+    if out.exists():
+        shutil.rmtree(out)
     try:
         summary = run_demo(args.out, seed=args.seed, quick=args.quick)
     except DemoStageError as exc:

@@ -21,6 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="device for the torch backend (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="images per scoring call (default 32)")
+    p.add_argument(
+        "--dimensions",
+        help="comma-separated dimensions to evaluate (default: the labelled ones the model was trained on)",
+    )
     p.add_argument("--limit", type=int, help="evaluate only the first N records of the split")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument(
@@ -38,7 +42,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..errors import ZRewardInputError
     from ..evaluation import evaluate, format_table, metrics_json, write_per_item, write_plots
     from ..scoring import load_scorer
-    from .args import check_device
+    from .args import check_device, parse_list
 
     if args.batch_size < 1:
         raise ZRewardInputError("--batch-size", f"must be >= 1, got {args.batch_size}")
@@ -58,7 +62,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[: args.limit]
     progress = not args.quiet and sys.stderr.isatty()
-    ev = evaluate(scorer, records, batch_size=args.batch_size, progress=progress)
+    dims = parse_list(args.dimensions, "--dimensions")
+    ev = evaluate(scorer, records, batch_size=args.batch_size, progress=progress, dimensions=dims)
     if args.per_item:
         write_per_item(ev, args.per_item)
     plots = write_plots(ev, args.plots) if args.plots else []

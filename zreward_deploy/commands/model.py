@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+# The names of presets.PRESETS, here so that --help does not import torch (tests/test_cli.py keeps the two
+# in step).
+PRESET_NAMES = ("tiny", "tiny-64", "bench-small")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("model", help="create, compose and inspect model directories")
@@ -13,7 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = sub.add_parser(
         "create", help="write a randomly initialised preset model (tests, demos, benchmarks)"
     )
-    create.add_argument("--preset", default="tiny", help="tiny or bench-small (default: tiny)")
+    create.add_argument(
+        "--preset",
+        default="tiny",
+        choices=PRESET_NAMES,
+        help="tiny (32 px, tests), tiny-64 (64 px, the demo and docs/results.md) or bench-small "
+        "(224 px, CPU benchmarks) (default: tiny)",
+    )
     create.add_argument("--text-model", default="qwen2", help="qwen2, qwen3 or llama (default: qwen2)")
     create.add_argument("--vision-model", default="siglip", help="siglip or clip (default: siglip)")
     create.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
@@ -43,7 +53,7 @@ def run_create(args: argparse.Namespace) -> int:
     from ..modeling import save_model_dir
     from ..presets import build_preset
 
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, marker=["config.json"])
     model, processor = build_preset(args.preset, args.text_model, args.vision_model, seed=args.seed)
     save_model_dir(model, processor, args.out)
     print(
@@ -57,7 +67,7 @@ def run_compose(args: argparse.Namespace) -> int:
     from ..modeling import save_model_dir
     from ..presets import compose
 
-    check_output_dir(args.out, args.overwrite, protect=[args.vision, args.language])
+    check_output_dir(args.out, args.overwrite, protect=[args.vision, args.language], marker=["config.json"])
     model, processor = compose(args.vision, args.language, seed=args.seed)
     save_model_dir(model, processor, args.out)
     print(f"wrote composed model to {args.out}; its projector is untrained")
@@ -79,6 +89,8 @@ def run_info(args: argparse.Namespace) -> int:
                 "image_tokens": c.num_image_tokens,
                 "score_scale": c.score_scale,
                 "dimensions": c.get_rubric().names,
+                "trained_dimensions": c.trained_dimensions(),
+                "training": c.training,
             },
             indent=2,
         )

@@ -13,7 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prompt", action="append", required=True, help="prompt; one for all images or one per image"
     )
-    p.add_argument("--dimensions", default=None, help="comma-separated rubric dimensions (default: all)")
+    p.add_argument(
+        "--dimensions",
+        default=None,
+        help="comma-separated rubric dimensions (default: those the model was trained on, else all)",
+    )
     p.add_argument(
         "--backend",
         default="torch",
@@ -54,13 +58,35 @@ def run(args: argparse.Namespace) -> int:
     for rec in records:
         rec["image"] = args.image[rec["index"]]
         rec["prompt"] = args.prompt[rec["index"]] if len(args.prompt) > 1 else args.prompt[0]
+    training = scorer.config.training
     if args.json:
-        print(
-            json.dumps({"values": result.values, "dimensions": result.dimensions, "items": records}, indent=2)
-        )
+        out = {
+            "values": result.values,
+            "dimensions": result.dimensions,
+            "untrained_dimensions": result.untrained,
+            "training": training,
+            "items": records,
+        }
+        print(json.dumps(out, indent=2))
     else:
-        print(format_records(records, result.values))
+        note = training_note(training, result.untrained, result.dimensions)
+        print(format_records(records, result.values) + (f"\n{note}" if note else ""))
     return 1 if result.errors else 0
+
+
+def training_note(training: dict | None, untrained: list[str], dimensions: list[str]) -> str:
+    """One line saying which scored dimensions carry no learned signal ('' when all were trained)."""
+    if training is None:
+        return "note: this model carries no training record; which dimensions were trained is unknown"
+    if not untrained:
+        return ""
+    if training["method"] in ("none", "compose"):
+        what = "randomly initialised" if training["method"] == "none" else "composed, projector untrained"
+        return f"note: this model was never trained ({what}): its scores are not meaningful"
+    return (
+        f"note: {', '.join(untrained)} marked (untrained): this model was trained ({training['method']}) on "
+        f"{', '.join(d for d in dimensions if d not in untrained) or 'other dimensions'} only"
+    )
 
 
 def format_records(records: list[dict], values: list[float]) -> str:
@@ -74,5 +100,6 @@ def format_records(records: list[dict], values: list[float]) -> str:
         lines.append(f"  reward {rec['reward']:.3f}")
         for name, d in rec["dimensions"].items():
             bars = "  ".join(f"{k}:{'#' * round(p * 20):<20s}{p:5.2f}" for k, p in d["probs"].items())
-            lines.append(f"  {name:<13s} {d['mean']:.3f} ± {d['std']:.3f}   {bars}")
+            mark = "" if d.get("trained", True) else "  (untrained)"
+            lines.append(f"  {name:<13s} {d['mean']:.3f} ± {d['std']:.3f}   {bars}{mark}")
     return "\n".join(lines)

@@ -120,18 +120,23 @@ class SynthConfig:
     test_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts in test.jsonl"})
 
     def __post_init__(self) -> None:
+        # field -> (valid?, the valid range in words); errors name the flag a user types
         checks = {
-            "prompts": self.prompts >= 1,
-            "images_per_prompt": self.images_per_prompt >= 2,
-            "annotators": self.annotators >= 1,
-            "image_size": 16 <= self.image_size <= 1024,
-            "seed": self.seed >= 0,
-            "val_fraction": 0 <= self.val_fraction < 1,
-            "test_fraction": 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+            "prompts": (self.prompts >= 1, ">= 1"),
+            "images_per_prompt": (self.images_per_prompt >= 2, ">= 2 (pairs need two images of a prompt)"),
+            "annotators": (self.annotators >= 1, ">= 1"),
+            "image_size": (16 <= self.image_size <= 1024, "between 16 and 1024 pixels"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "val_fraction": (0 <= self.val_fraction < 1, "in [0, 1)"),
+            "test_fraction": (
+                0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+                "in [0, 1), with val_fraction + test_fraction < 1",
+            ),
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ZRewardInputError(name, f"invalid value {getattr(self, name)!r} (see SynthConfig)")
+        for name, (ok, valid) in checks.items():
+            if not ok:  # the fractions have no flag (Python only): they keep their field name
+                where = name if name.endswith("fraction") else "--" + name.replace("_", "-")
+                raise ZRewardInputError(where, f"must be {valid}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -416,7 +421,7 @@ def generate_dataset(
         Number of records per split.
     """
     cfg = config or SynthConfig()
-    final = check_output_dir(out_dir, overwrite)
+    final = check_output_dir(out_dir, overwrite, marker=["train.jsonl", "val.jsonl", "test.jsonl"])
     with atomic_directory(final) as out:
         return _write_dataset(out, cfg)
 
