@@ -1,0 +1,34 @@
+"""The package's public surface: what a user imports comes from the top level, every name in __all__
+resolves, and importing the package stays light (no torch until a name that needs it is used)."""
+
+import subprocess
+import sys
+
+import zreward_deploy
+
+
+def test_every_public_name_resolves_to_its_definition():
+    import zreward_deploy.errors as errors
+    import zreward_deploy.scoring as scoring
+
+    assert zreward_deploy.Scorer is scoring.Scorer
+    assert zreward_deploy.load_scorer is scoring.load_scorer
+    assert zreward_deploy.ZRewardInputError is errors.ZRewardInputError
+    for name in zreward_deploy.__all__:
+        value = getattr(zreward_deploy, name)
+        assert value.__name__ == name and value.__module__.startswith("zreward_deploy."), name
+
+
+def test_unknown_names_raise_attribute_error():
+    try:
+        zreward_deploy.NotAThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NotAThing" in str(exc)
+    else:
+        raise AssertionError("zreward_deploy.NotAThing did not raise AttributeError")
+
+
+def test_import_is_light():
+    code = "import sys, zreward_deploy; zreward_deploy.ZRewardInputError; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
