@@ -17,7 +17,6 @@ Run:  python bench/bench_multidim.py --out runs/bench_multidim
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -121,19 +120,16 @@ def _run(config: MultiDimBenchConfig) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for f in dataclasses.fields(MultiDimBenchConfig):
-        kwargs = {"default": f.default, "help": f.metadata["help"] + f" (default: {f.default})"}
-        if f.name == "batch_sizes":
-            kwargs.update(type=int, nargs="+")
-        else:
-            kwargs["type"] = type(f.default)
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-    config = MultiDimBenchConfig(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(parser.parse_args(argv)).items()}
-    )
+    add_dataclass_arguments(parser, MultiDimBenchConfig)  # --batch-sizes 1,8 (or 1 8), as everywhere
+    try:
+        config = dataclass_from_namespace(MultiDimBenchConfig, parser.parse_args(argv))
+    except ValueError as err:
+        parser.error(str(err))
     rows = run(config)
     jsonl, csv_path = write_rows(rows, config.out, "bench_multidim")
     table = markdown_table(

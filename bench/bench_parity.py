@@ -155,23 +155,27 @@ def parity_row(reference: Any, other: Any) -> dict[str, Any]:
 def run(config: ParityBenchConfig) -> list[dict[str, Any]]:
     """Score the split with torch and every variant; one row per variant."""
     from zreward_deploy.bench.common import torch_threads
+    from zreward_deploy.commands.args import check_device
 
+    check_device(config.device)  # one line for CUDA on a CPU-only build, before building anything
     with torch_threads(config.threads):  # the benchmark's thread setting ends with it
         return _run(config)
 
 
 def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:
-    from zreward_deploy.bench.common import environment
+    from zreward_deploy.bench.common import environment, progress
     from zreward_deploy.data import load_split
     from zreward_deploy.evaluation import evaluate
 
     out = Path(config.out)
     exports = Path(config.exports) if config.exports else out / "exports"
+    progress(f"parity: preparing the model ({config.model or 'preset ' + config.preset}) ...")
     model_dir = prepare_model(config.model, config.preset, config.text_model, out)
     data = Path(config.data) if config.data else out / "data"
     if config.data is None and not (data / f"{config.split}.jsonl").exists():
         from zreward_deploy.data.synth import SynthConfig, generate_dataset
 
+        progress(f"parity: synthesizing a dataset of {config.synth_prompts} prompts under {data} ...")
         generate_dataset(data, SynthConfig(prompts=config.synth_prompts, seed=0), overwrite=True)
 
     reference_scorer = load_variant(model_dir, exports, "torch", config.device, config.batch_size)
@@ -183,10 +187,12 @@ def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:
     )
     if config.limit is not None:
         records = records[: config.limit]
+    progress(f"parity: scoring {len(records)} {config.split} records with torch ...")
     reference = evaluate(reference_scorer, records, batch_size=config.batch_size)
     env = environment()
     rows = []
     for variant in config.backends:
+        progress(f"parity: {variant}: exporting if needed, loading, scoring {len(records)} records ...")
         scorer = load_variant(model_dir, exports, variant, config.device, config.batch_size)
         ev = evaluate(scorer, records, batch_size=config.batch_size)
         row = {"bench": "parity", "backend": variant, **parity_row(reference, ev)}
@@ -205,6 +211,8 @@ def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:
             env=env,
         )
         rows.append(row)
+        verdict = "passed" if row["passed"] else "FAILED"
+        progress(f"parity: {variant} ... done, max |Δprobs| {row['max_abs_dprobs']:.2e}, {verdict}")
     return rows
 
 
@@ -242,7 +250,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_dataclass_arguments(parser, ParityBenchConfig)
-    return report(dataclass_from_namespace(ParityBenchConfig, parser.parse_args(argv)))
+    try:
+        config = dataclass_from_namespace(ParityBenchConfig, parser.parse_args(argv))
+    except ValueError as err:  # ZRewardInputError of a list flag included: one line, exit 2
+        parser.error(str(err))
+    return report(config)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,10 @@ class ScoreHeadBenchConfig:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device not in ("cuda", "cpu"):
             raise ValueError(f"device must be cuda, cpu or auto, got {self.device!r}")
+        if self.device == "cuda":
+            from zreward_deploy.devices import resolve_device
+
+            resolve_device("cuda", "--device")  # a CPU-only build or no GPU: one line, not a traceback
         if self.quick:
             self.ns, self.ks = self.ns or (1, 16), (5,)
             self.repeats = self.repeats or 3
@@ -380,9 +384,9 @@ def _parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
             )
-        elif kind.startswith("tuple"):
-            cast = int if "int" in kind else str
-            parser.add_argument(flag, nargs="+", type=cast, default=None, help=f.metadata["help"])
+        elif kind.startswith("tuple"):  # list flags: 1,16,256 (or 1 16 256); parsed in main
+            text = f.metadata["help"] + "; comma-separated"
+            parser.add_argument(flag, nargs="+", type=str, default=None, metavar="LIST", help=text)
         else:
             cast = {"int | None": int, "float | None": float, "float": float, "int": int}.get(kind, str)
             parser.add_argument(flag, type=cast, default=None, help=f.metadata["help"])
@@ -391,9 +395,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_score_head.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    args = vars(_parser().parse_args(argv))
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if v is not None}
-    cfg = ScoreHeadBenchConfig(**given)
+    from zreward_deploy.commands.bench import list_flag_values
+
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        given = list_flag_values(ScoreHeadBenchConfig, {k: v for k, v in args.items() if v is not None})
+        cfg = ScoreHeadBenchConfig(**given)
+    except ValueError as err:  # a bad list entry or value, CUDA asked of a CPU-only build: one line
+        parser.error(str(err))
     rows = run(cfg)
     write_rows(rows, cfg.out, "bench_score_head")
     command = "python bench/bench_score_head.py " + " ".join(argv if argv is not None else sys.argv[1:])

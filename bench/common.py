@@ -1,7 +1,8 @@
-"""Shared benchmark plumbing: the environment record, timing, and writing rows.
+"""Shared benchmark plumbing: the environment record, timing, the stability rule, and writing rows.
 
 Every benchmark writes one row per measurement with the hardware, library versions, git SHA, shapes and
-dtype (DESIGN.md §10) into JSON Lines and CSV, and a Markdown table for docs/benchmarks.md.
+dtype (DESIGN.md §10) into JSON Lines and CSV, and a Markdown table for docs/benchmarks.md. Whether a row's
+timings are a result or contention is decided here, in one place (:class:`StabilityRule`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +89,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def time_cpu(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> list[float]:
-    """Wall-clock milliseconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CPU timing)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def time_interleaved(
@@ -188,16 +179,187 @@ def time_cuda(
 
 def summarize(times_ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(times_ms)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
     return {
         "median_ms": statistics.median(ordered),
-        "p95_ms": pct(95),
+        "p95_ms": percentile(ordered, 95),
         "min_ms": ordered[0],
         "repeats": len(ordered),
     }
+
+
+def percentile(samples: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of ``samples`` (p in [0, 100])."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stability: is a row of timings a result, or the machine's other jobs?
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StabilityRule:
+    """When a row of timings is unstable (docs/benchmarks.md, "Unstable timings"). Any one of:
+
+    * **spread**: the medians of consecutive blocks of ``block`` runs (the blocks of :func:`time_blocks`)
+      differ by more than ``max_spread`` of the row's median: ``(max - min) / median > 0.30``. Needs two
+      full blocks; with fewer runs only the two tests below apply.
+    * **tail**: ``p95 / p50 > max_tail`` (2.0): a twentieth of the runs took over twice the median.
+    * **load**: a 1-min load average sampled just before or just after the row exceeds
+      ``max(cpus, own_threads) + load_margin`` (0.5). ``own_threads`` is what the benchmark keeps
+      runnable itself (its intra-op threads), so this reads "the load the benchmark did not cause
+      (load - own) exceeds the CPUs it left free (cpus - own) by more than half a CPU": other jobs queue
+      for the cores being timed. A steady background job slows every run alike, leaves the spread small
+      and still turns ratios into nonsense (a starved torch row made ONNX Runtime look 130x faster; alone
+      it is 2.2x), so spread alone is not enough. The 1-min average lags (a job that just ended still
+      shows, a burst of seconds barely does); the spread and tail tests catch short bursts.
+
+    An unstable row is measured again, up to ``retries`` more times; still unstable, it is marked
+    unreliable with the reason, and no ratio is computed from it.
+    """
+
+    max_spread: float = 0.30
+    max_tail: float = 2.0
+    load_margin: float = 0.5
+    retries: int = 2
+
+
+STABILITY_RULE = StabilityRule()
+
+
+@dataclass(frozen=True)
+class Stability:
+    """The verdict of a :class:`StabilityRule` on one row's timings (``reasons`` empty: stable)."""
+
+    spread: float | None  # relative spread of the block medians; None with fewer than two full blocks
+    tail: float  # p95 / p50
+    load: float | None  # highest 1-min load average sampled around the row; None where unavailable
+    load_limit: float  # the load above which the row is unstable: max(cpus, own_threads) + margin
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def reliable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def reason(self) -> str | None:
+        """``"spread 85% > 30%; load 5.2 > 2.5"``, or None for a stable row."""
+        return "; ".join(self.reasons) or None
+
+
+def judge_timings(
+    samples: Sequence[float],
+    block: int,
+    loads: Sequence[float | None] = (),
+    own_threads: int = 1,
+    cpus: int | None = None,
+    rule: StabilityRule = STABILITY_RULE,
+) -> Stability:
+    """Apply ``rule`` to one row: ``samples`` in ms in the order they were timed, in blocks of ``block``;
+    ``loads``: 1-min load averages sampled around the row; ``own_threads``: threads the benchmark itself
+    keeps busy; ``cpus``: logical CPUs (default ``os.cpu_count()``)."""
+    if not samples or block < 1:
+        raise ValueError("need at least one sample and block >= 1")
+    median = statistics.median(samples)
+    full = len(samples) // block
+    spread = None
+    if full >= 2 and median > 0:
+        medians = [statistics.median(samples[i * block : (i + 1) * block]) for i in range(full)]
+        spread = (max(medians) - min(medians)) / median
+    p50 = percentile(samples, 50)
+    tail = percentile(samples, 95) / p50 if p50 > 0 else 1.0
+    known = [x for x in loads if x is not None]
+    load = max(known) if known else None
+    limit = max(cpus or os.cpu_count() or 1, own_threads) + rule.load_margin
+    reasons = []
+    if spread is not None and spread > rule.max_spread:
+        reasons.append(f"spread {spread:.0%} > {rule.max_spread:.0%}")
+    if tail > rule.max_tail:
+        reasons.append(f"p95/p50 {tail:.1f} > {rule.max_tail:g}")
+    if load is not None and load > limit:
+        reasons.append(f"load {load:.1f} > {limit:g}")
+    return Stability(spread, tail, load, limit, tuple(reasons))
+
+
+def load_average() -> float | None:
+    """The 1-min load average, or None where the system has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+@dataclass
+class Measurement:
+    """What :func:`measure_until_stable` kept: the last try's timings and verdicts."""
+
+    times: dict[str, list[float]]
+    stability: dict[str, Stability]
+    tries: int
+    load_before: float | None
+    load_after: float | None
+
+    @property
+    def reliable(self) -> bool:
+        return all(s.reliable for s in self.stability.values())
+
+
+def measure_until_stable(
+    measure: Callable[[], dict[str, list[float]]],
+    block: int,
+    own_threads: int,
+    rule: StabilityRule = STABILITY_RULE,
+    on_retry: Callable[[int, dict[str, Stability]], None] | None = None,
+) -> Measurement:
+    """Call ``measure()`` (provider -> ms samples, all providers timed together) and judge every
+    provider by ``rule``; while any is unstable, measure all of them again (ratios come from one try),
+    at most ``rule.retries`` more times. ``on_retry(next_try, verdicts)`` is called before each retry."""
+    tries = 0
+    while True:
+        before = load_average()
+        times = measure()
+        after = load_average()
+        tries += 1
+        verdicts = {
+            name: judge_timings(t, block, (before, after), own_threads, rule=rule)
+            for name, t in times.items()
+        }
+        result = Measurement(times, verdicts, tries, before, after)
+        if result.reliable or tries > rule.retries:
+            return result
+        if on_retry is not None:
+            on_retry(tries + 1, verdicts)
+
+
+def unstable_cell(reason: str) -> str:
+    """What a table shows instead of a ratio computed from an unreliable row."""
+    return f"n/a (unstable: {reason})"
+
+
+def progress(message: str) -> None:
+    """One line on stderr, flushed, when stderr is not a terminal (a log file, CI, ``2>&1 | tee``): there,
+    nothing else shows that a benchmark of several minutes is alive. On a terminal, say nothing."""
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return
+    print(message, file=stream, flush=True)
+
+
+MATPLOTLIB_MISSING = (
+    "no plot: matplotlib is not installed "
+    "(pip install matplotlib, or the plots extra: pip install 'zreward-deploy[plots]')"
+)
+
+
+def has_matplotlib() -> bool:
+    """Whether ``import matplotlib`` works (the optional ``plots`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def write_rows(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str) -> tuple[Path, Path]:

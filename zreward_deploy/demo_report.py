@@ -210,12 +210,23 @@ def _metrics(s: dict[str, Any], out: Path) -> str:
 
 
 def _cost_ratios(cost: list[dict[str, Any]]) -> list[str]:
-    by = {(c["dimensions"], c["scorer"].split()[0]): c["ms_per_image"] for c in cost}
+    """Teacher ms / student ms per dimension set; ``n/a (unstable: ...)`` where either timing was judged
+    unreliable (bench/common.py StabilityRule): a ratio of contention is not a result."""
+    from zreward_deploy.bench.common import unstable_cell
+
+    by = {(c["dimensions"], c["scorer"].split()[0]): c for c in cost}
     out = []
     for dims in dict.fromkeys(c["dimensions"] for c in cost):
         t, st = by.get((dims, "teacher")), by.get((dims, "student"))
-        if t and st:
-            out.append(f"{t / st:.1f}× ({dims})")
+        if not (t and st and t["ms_per_image"] and st["ms_per_image"]):
+            continue
+        bad = [
+            f"{who}: {c['unreliable_reason']}"
+            for who, c in (("teacher", t), ("student", st))
+            if c.get("unreliable")
+        ]
+        ratio = unstable_cell("; ".join(bad)) if bad else f"{t['ms_per_image'] / st['ms_per_image']:.1f}×"
+        out.append(f"{ratio} ({dims})")
     return out
 
 
@@ -273,25 +284,53 @@ def _parity(s: dict[str, Any]) -> str:
 
 
 def _latency(s: dict[str, Any], out: Path) -> str:
-    from zreward_deploy.bench.bench_latency import COLUMNS
-    from zreward_deploy.bench.common import markdown_table
+    from zreward_deploy.bench.bench_latency import markdown, stability_note
 
     lat = s["latency"]
     rows = lat["rows"]
-    loads = [r["load_avg_1min_before"] for r in rows] + [r["load_avg_1min_after"] for r in rows]
+    loads = [
+        r[k] for r in rows for k in ("load_avg_1min_before", "load_avg_1min_after") if r.get(k) is not None
+    ]
+    load = f"{min(loads):.2f} to {max(loads):.2f}" if loads else "not available"
     r0 = rows[0]
     text = (
         "## Latency: torch vs ONNX Runtime\n\n"
         f"One scorer forward on an already preprocessed batch (all {r0['dimensions']} dimensions), "
         f"{r0['repeats']} timed runs after warm-up per cell, {TIMING.get(r0.get('timing'), 'in one process')}; "
         f"torch with {r0['torch_threads']} threads. 1-min load average during the runs: "
-        f"{min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs.\n\n" + markdown_table(rows, COLUMNS)
+        f"{load} on {os.cpu_count()} CPUs.\n\n" + markdown(rows)
     )
+    ratios = _latency_ratios(rows)
+    if ratios:
+        text += "\n\nONNX Runtime against torch (torch p50 / ONNX Runtime p50): " + "; ".join(ratios) + "."
+    note = stability_note(rows)
+    if note:
+        text += "\n\n" + note
     if lat.get("plot"):
         text += f"\n\n![latency]({_rel(lat['plot'], out)})"
     else:
         text += '\n\nNo plot: matplotlib is not installed (`pip install -e ".[plots]"`).'
     return text
+
+
+def _latency_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """``batch 1: 2.2× faster`` per batch size and non-torch backend, or ``n/a (unstable: ...)`` where the
+    benchmark computed no speed-up because the backend's or torch's timings were unreliable."""
+    from zreward_deploy.bench.common import unstable_cell
+
+    backends = [b for b in dict.fromkeys(r["backend"] for r in rows) if b != "torch"]
+    out = []
+    for r in rows:
+        if r["backend"] == "torch":
+            continue
+        who = f"{r['backend']} " if len(backends) > 1 else ""
+        x = r.get("speedup_vs_torch")
+        if x is None:
+            cell = unstable_cell(r["speedup_note"]) if r.get("speedup_note") else "n/a"
+        else:
+            cell = f"{x:.2f}× faster" if x >= 1 else f"{1 / x:.2f}× slower"
+        out.append(f"{who}batch {r['batch']}: {cell}")
+    return out
 
 
 def _examples(s: dict[str, Any], out: Path) -> str:

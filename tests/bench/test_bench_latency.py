@@ -33,7 +33,9 @@ def test_latency_bench_writes_every_format(tmp_path, capsys):
         assert row["repeats"] == 2 and row["timing"] == "blocks" and row["load_avg_1min_before"] >= 0
         assert row["env"]["torch"] and row["text_length"] > 0
     torch_rows = [r for r in rows if r["backend"] == "torch"]
-    assert all(r["speedup_vs_torch"] == 1.0 for r in torch_rows)
+    # torch against itself is 1.0, unless the machine was busy: then no ratio at all (test_stability.py)
+    assert all(r["speedup_vs_torch"] == 1.0 or r["unreliable"] for r in torch_rows)
+    assert all(r["speedup_vs_torch"] is None for r in rows if r["unreliable"])
     ort = next(r for r in rows if r["backend"] == "onnx-fp32")
     assert (
         ort["runtime"]["providers"] == ["CPUExecutionProvider"]
