@@ -32,3 +32,7 @@ def test_import_is_light():
     code = "import sys, zreward_deploy; zreward_deploy.ZRewardInputError; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_all_lists_exactly_the_lazy_exports():
+    assert zreward_deploy.__all__ == sorted(zreward_deploy._EXPORTS)

@@ -190,7 +190,7 @@ def test_refuses_a_non_empty_folder_and_bad_settings(tmp_path):
     generate_dataset(tmp_path / "data", SynthConfig(prompts=1, images_per_prompt=2))
     counts = generate_dataset(tmp_path / "data", SynthConfig(prompts=1, images_per_prompt=2), overwrite=True)
     assert counts == {"train": 2, "val": 0, "test": 0}  # one prompt cannot be split
-    with pytest.raises(ZRewardInputError, match="--images-per-prompt.*>= 2"):
+    with pytest.raises(ZRewardInputError, match=r"--images-per-prompt.*>= 2"):
         SynthConfig(images_per_prompt=1)
-    with pytest.raises(ZRewardInputError, match="--image-size.*between 16 and 1024"):
+    with pytest.raises(ZRewardInputError, match=r"--image-size.*between 16 and 1024"):
         SynthConfig(image_size=8)

@@ -47,7 +47,30 @@ _EXPORTS = {
     "MissingDependencyError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # a literal list, so linters see the names (tests/test_public_api.py keeps it equal to _EXPORTS)
+    "BaseScorer",
+    "Dimension",
+    "InvalidImageError",
+    "InvalidModelError",
+    "InvalidPromptError",
+    "MissingDependencyError",
+    "Rubric",
+    "ScoreResult",
+    "ScoreScale",
+    "Scorer",
+    "SynthConfig",
+    "UnknownDimensionError",
+    "ZRewardConfig",
+    "ZRewardInputError",
+    "ZRewardModel",
+    "ZRewardProcessor",
+    "build_preset",
+    "compose",
+    "evaluate",
+    "generate_dataset",
+    "load_config",
+    "load_scorer",
+]
 
 
 def __getattr__(name: str) -> Any:
