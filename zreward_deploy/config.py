@@ -198,7 +198,9 @@ class Rubric:
             names = [names]
         names = list(names)
         if not names:
-            raise UnknownDimensionError(names, "no dimension named; name at least one, or leave it out for the default")
+            raise UnknownDimensionError(
+                names, "no dimension named; name at least one, or leave it out for the default"
+            )
         if len(set(names)) != len(names):
             raise UnknownDimensionError(names, "a dimension is asked for twice")
         return [self[n] for n in names]
