@@ -49,21 +49,22 @@ from zreward_deploy.fileio import atomic_directory, check_output_dir
 from zreward_deploy.modeling import ZRewardModel
 from zreward_deploy.processing import ZRewardProcessor
 
-from .ort import (
+from .contract import (
     DTYPES,
     FORMAT,
     FORMAT_VERSION,
     INPUT_NAMES,
     METADATA_FILE,
     ONNX_FILE,
+    OPSET,
+    OPSET_RANGE,
     OUTPUT_NAMES,
     TORCH_DTYPES,
-    OrtSessionConfig,
     UnvalidatedExportWarning,
-    create_session,
     file_sha256,
     verify_export,
 )
+from .ort import OrtSessionConfig, create_session  # validation runs the graph in ONNX Runtime
 
 try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so say which extra
     from optimum.exporters.onnx import OnnxConfig
@@ -91,7 +92,7 @@ class OnnxExportConfig:
     dimensions: tuple[str, ...] | None = field(
         default=None, metadata={"help": "rubric dimensions to bake into the graph, in order (default: all)"}
     )
-    opset: int = field(default=18, metadata={"help": "ONNX opset (18 is ZRewardOnnxConfig's default)"})
+    opset: int = field(default=OPSET, metadata={"help": f"ONNX opset (default {OPSET})"})
     trace_batch_size: int = field(default=2, metadata={"help": "batch size of the dummy trace inputs"})
     trace_sequence_length: int = field(default=16, metadata={"help": "text length of the dummy trace inputs"})
     atol: float | None = field(
@@ -112,8 +113,10 @@ class OnnxExportConfig:
         if self.dimensions is not None:
             self.dimensions = tuple(self.dimensions)
         # 14: scaled_dot_product_attention's lowering; 20: the TorchScript exporter's maximum (torch 2.13)
-        if not 14 <= self.opset <= 20:
-            raise ZRewardInputError("opset", f"must be in 14..20, got {self.opset}")
+        if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
+            raise ZRewardInputError(
+                "--opset", f"must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, got {self.opset}"
+            )
         if self.trace_batch_size < 1 or self.trace_sequence_length < 2:
             raise ZRewardInputError("trace shape", "trace batch >= 1 and trace text length >= 2 are required")
         if self.atol is not None and not self.atol > 0:
@@ -228,7 +231,7 @@ class ZRewardOnnxConfig(OnnxConfig):
         text_config="text_config", vision_config="vision_config"
     )
     DUMMY_INPUT_GENERATOR_CLASSES = (ZRewardDummyInputGenerator,)
-    DEFAULT_ONNX_OPSET = 18
+    DEFAULT_ONNX_OPSET = OPSET
     # Tolerance on probs, by float dtype; mean/std/reward are compared at this times the score range.
     ATOL_FOR_VALIDATION: ClassVar[dict[str, float]] = {"fp32": 1e-4, "fp16": 1e-2}
 
@@ -634,7 +637,7 @@ def ensure_onnx_export(
     model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: OnnxExportConfig | None = None
 ) -> Path:
     """``out_dir`` holding a validated export of ``model_dir`` with ``config``: reused when it passes
-    :func:`~zreward_deploy.export.ort.verify_export` and its metadata names the same weights (SHA-256) and
+    :func:`~zreward_deploy.export.contract.verify_export` and its metadata names the same weights (SHA-256) and
     settings, exported again (replacing it) otherwise. For benchmarks, which compare several runtimes of
     one model and should not pay for the export twice."""
     cfg = config or OnnxExportConfig()

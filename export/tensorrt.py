@@ -61,7 +61,7 @@ from zreward_deploy.fileio import (
 from zreward_deploy.processing import ZRewardProcessor
 from zreward_deploy.scoring import BaseScorer
 
-from .ort import (
+from .contract import (
     METADATA_FILE,
     FileIdentity,
     check_graph_outputs,
@@ -292,7 +292,7 @@ def load_or_build_engine(
     ``onnx_sha256``: the graph's hash when the caller has already checked it (:func:`verify_export`), so
     a load hashes the graph once; hashed here otherwise. The key holds that hash, so a cached plan is only
     ever one built from the graph the export's metadata describes. ``onnx_identity``: the identity of the
-    file that hash was taken of (:func:`~zreward_deploy.export.ort.verify_export_graph`); a plan built
+    file that hash was taken of (:func:`~zreward_deploy.export.contract.verify_export_graph`); a plan built
     from a file that was replaced since is refused before it is cached.
     """
     trt = import_tensorrt()
@@ -467,7 +467,7 @@ def export_tensorrt(
 def read_tensorrt_record(directory: Path) -> dict[str, Any] | None:
     """``zreward_tensorrt.json`` of a TensorRT folder (``None`` for a plain ONNX export folder), checked:
     an object whose ``build_config`` is an object and whose ``engine`` is null or names a plan file that
-    stays inside the folder (:func:`~zreward_deploy.export.ort.export_file`)."""
+    stays inside the folder (:func:`~zreward_deploy.export.contract.export_file`)."""
     path = directory / TENSORRT_METADATA_FILE
     if not path.exists() and not path.is_symlink():
         return None
@@ -533,7 +533,7 @@ class TensorRTScorer(BaseScorer):
         The engine comes from ``cache_dir`` (default ``<model_dir>/engines``) when a plan with this GPU's
         and TensorRT's key is there, and is built otherwise. ``device`` must be a CUDA device (``"cpu"``,
         the CLI default, is read as ``cuda:0``: TensorRT has no CPU mode). ``dtype`` is fixed by the export.
-        The folder goes through :func:`~zreward_deploy.export.ort.verify_export` (the same checks as the
+        The folder goes through :func:`~zreward_deploy.export.contract.verify_export` (the same checks as the
         ONNX Runtime backend); ``allow_failed_validation`` loads an export whose validation failed.
 
         Raises:

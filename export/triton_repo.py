@@ -35,7 +35,7 @@ from typing import Any
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
 from zreward_deploy.fileio import atomic_directory, check_output_dir
 
-from .ort import METADATA_FILE, verify_export
+from .contract import METADATA_FILE, verify_export
 from .tensorrt import TensorRTBuildConfig, read_tensorrt_record
 
 TRITON_CLIENT_FILE = "zreward_triton.json"
@@ -172,7 +172,7 @@ def write_triton_repository(
 ) -> dict[str, Path]:
     """Write a model repository and a client folder for an ONNX or TensorRT folder.
 
-    The source goes through :func:`~zreward_deploy.export.ort.verify_export`; ``out_dir`` is built under a
+    The source goes through :func:`~zreward_deploy.export.contract.verify_export`; ``out_dir`` is built under a
     temporary name and renamed into place when complete, so Triton never sees half a repository.
 
     Args:

@@ -1,4 +1,4 @@
-"""Export folders are written atomically and checked on every load (export/ort.py ``verify_export``).
+"""Export folders are written atomically and checked on every load (export/contract.py ``verify_export``).
 
 A folder is either a complete export or refused: a kill part-way through ``zreward export onnx
 --overwrite`` leaves the old export (or nothing), a graph from another export, a failed validation
@@ -30,14 +30,14 @@ from hypothesis import strategies as st
 from zreward_deploy.cli import main
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
 from zreward_deploy.export import onnx as onnx_export
-from zreward_deploy.export.onnx import OnnxExportConfig, OnnxValidationError, ensure_onnx_export, export_onnx
-from zreward_deploy.export.ort import (
+from zreward_deploy.export.contract import (
     METADATA_FILE,
-    OrtScorer,
     UnvalidatedExportWarning,
     file_sha256_and_identity,
     verify_export,
 )
+from zreward_deploy.export.onnx import OnnxExportConfig, OnnxValidationError, ensure_onnx_export, export_onnx
+from zreward_deploy.export.ort import OrtScorer
 from zreward_deploy.export.tensorrt import (
     TENSORRT_METADATA_FILE,
     TensorRTBuildConfig,

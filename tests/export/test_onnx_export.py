@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from zreward_deploy.errors import UnknownDimensionError, ZRewardInputError
+from zreward_deploy.export.contract import read_export_metadata
 from zreward_deploy.export.onnx import (
     OnnxExportConfig,
     OnnxValidationError,
@@ -26,7 +27,7 @@ from zreward_deploy.export.onnx import (
     validate_onnx,
     validation_inputs,
 )
-from zreward_deploy.export.ort import create_session, read_export_metadata
+from zreward_deploy.export.ort import create_session
 
 TEXT_MODELS = ("qwen2", "qwen3", "llama")
 DTYPES = ("fp32", "fp16")

@@ -16,7 +16,8 @@ from zreward_deploy.errors import (
     UnknownDimensionError,
     ZRewardInputError,
 )
-from zreward_deploy.export.ort import OrtScorer, OrtSessionConfig, read_export_metadata
+from zreward_deploy.export.contract import read_export_metadata
+from zreward_deploy.export.ort import OrtScorer, OrtSessionConfig
 from zreward_deploy.scoring import Scorer, load_scorer
 
 

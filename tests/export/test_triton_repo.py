@@ -8,7 +8,7 @@ import json
 import pytest
 
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
-from zreward_deploy.export.ort import read_export_metadata
+from zreward_deploy.export.contract import read_export_metadata
 from zreward_deploy.export.tensorrt import TENSORRT_METADATA_FILE, TensorRTBuildConfig, export_tensorrt
 from zreward_deploy.export.triton_repo import TritonRepoConfig, triton_config_text, write_triton_repository
 from zreward_deploy.processing import ZRewardProcessor
