@@ -179,7 +179,7 @@ def _run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
     for batch in config.batch_sizes:
         pixel_values, ids, mask = make_inputs(first.processor, batch)
         providers = {
-            name: (lambda s=s, pv=pixel_values, i=ids, m=mask: s._forward(pv, i, m, dims))
+            name: (lambda s=s, pv=pixel_values, i=ids, m=mask: s.forward_batch(pv, i, m, dims))
             for name, s in scorers.items()
         }
         with torch.inference_mode():

@@ -62,7 +62,7 @@ from zreward_deploy.errors import MissingDependencyError
 ENV_VAR = "ZREWARD_SCORE_HEAD"
 """Environment variable read when ``backend`` is ``None``: ``auto`` (default), ``triton`` or ``torch``."""
 
-BACKENDS = ("auto", "triton", "torch")
+SCORE_HEAD_BACKENDS = ("auto", "triton", "torch")
 MAX_K = 32
 """Largest K the Triton kernel takes; ``auto`` uses the reference above it."""
 
@@ -262,8 +262,8 @@ def resolve_backend(backend: str | None = None) -> str:
     source = "backend"
     if backend is None:
         backend, source = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR
-    if backend not in BACKENDS:
-        raise ValueError(f"score-head {source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in SCORE_HEAD_BACKENDS:
+        raise ValueError(f"score-head {source} must be one of {', '.join(SCORE_HEAD_BACKENDS)}; got {backend!r}")
     return backend
 
 

@@ -36,3 +36,27 @@ def test_import_is_light():
 
 def test_all_lists_exactly_the_lazy_exports():
     assert zreward_deploy.__all__ == sorted(zreward_deploy._EXPORTS)
+
+
+def test_forward_batch_is_what_score_runs(tiny, tmp_path):
+    # the public timing point of the benchmarks gives the numbers score() gives on the same inputs
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from zreward_deploy import Scorer
+
+    model, processor = tiny
+    scorer = Scorer(model, processor)
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    result = scorer.score([str(path)], "two red cubes", dimensions=["realism", "alignment"])
+    pixel_values = processor.pixel_values([processor.model_image(str(path))])
+    input_ids, attention_mask = processor.pad([processor.prompt_ids("two red cubes")])
+    with torch.no_grad():
+        probs, mean, std = scorer.forward_batch(
+            pixel_values, input_ids, attention_mask, ["realism", "alignment"]
+        )
+    torch.testing.assert_close(probs, result.probs)
+    torch.testing.assert_close(mean, result.mean)
+    torch.testing.assert_close(std, result.std)

@@ -14,14 +14,23 @@ student's read-out but conditioned on the reasoning.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .errors import ZRewardInputError
 from .modeling import ZRewardModel, ZRewardOutput
 from .processing import ImageInput, ZRewardProcessor
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (same on every process and every run, unlike
+    ``hash``): e.g. ``derive_seed(cfg.seed, "rollout", step, pair_index)``."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass

@@ -87,7 +87,9 @@ class BaseScorer:
     """Shared scoring logic of every runtime: validation, lazy image decoding, length-sorted
     micro-batches, per-item error collection and the reward. A runtime implements :meth:`_forward`.
 
-    Subclasses set ``processor`` (a :class:`ZRewardProcessor`), ``config`` and ``max_batch_size``.
+    Subclasses set ``processor`` (a :class:`ZRewardProcessor`), ``config`` and ``max_batch_size``. A
+    runtime that reads the score otherwise than in one pass (:class:`ReasoningScorer`) overrides
+    :meth:`_score_chunk` instead.
     """
 
     backend = "base"
@@ -108,6 +110,20 @@ class BaseScorer:
         """Run the model on one padded micro-batch -> ``probs [b, D, K]``, ``mean [b, D]``, ``std [b, D]``
         (CPU or device tensors; the caller moves them to CPU)."""
         raise NotImplementedError
+
+    def forward_batch(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        dimensions: Sequence[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The runtime alone on one prepared micro-batch (normalised ``pixel_values [b, 3, S, S]``, padded
+        prompt ids and mask, as ``processor.pixel_values`` and ``processor.pad`` make them) ->
+        ``probs [b, D, K]``, ``mean [b, D]``, ``std [b, D]`` on the runtime's device: no decoding, no
+        checks. What latency benchmarks time; :meth:`score` is the call for anything else."""
+        names = self.dimension_names(dimensions)
+        return self._forward(pixel_values, input_ids, attention_mask, names)
 
     # -- file / PIL / numpy / tensor images, no gradients ---------------------------------------------
     def score(
@@ -165,8 +181,9 @@ class BaseScorer:
                         raise
                     failures[i] = exc
             if kept:
-                input_ids, attention_mask = self.processor.pad([prompt_ids[i] for i in kept])
-                out = self._forward(self.processor.pixel_values(tensors), input_ids, attention_mask, names)
+                out = self._score_chunk(
+                    tensors, [prompts[i] for i in kept], [prompt_ids[i] for i in kept], names
+                )
                 index = torch.tensor(kept)
                 probs[index], mean[index], std[index] = (t.float().cpu() for t in out)
                 for i in non_finite_rows(probs[index], kept):
@@ -180,6 +197,18 @@ class BaseScorer:
         if progress is not None and failures:
             progress(sum(1 for i in failures if i not in prompt_ids))
         return self._result(probs, mean, std, names, dict(sorted(failures.items())))
+
+    def _score_chunk(
+        self,
+        images: list[torch.Tensor],
+        prompts: list[str],
+        prompt_ids: list[list[int]],
+        dimensions: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One micro-batch of decoded ``[3, S, S]`` images in [0, 1] -> ``probs``, ``mean``, ``std``: the
+        prompts padded and the pixels normalised for :meth:`_forward`."""
+        input_ids, attention_mask = self.processor.pad(prompt_ids)
+        return self._forward(self.processor.pixel_values(images), input_ids, attention_mask, dimensions)
 
     def _chunks(self, prompt_ids: dict[int, list[int]]) -> Iterator[list[int]]:
         # Longest prompts first: micro-batches of similar lengths waste little compute on padding.
@@ -314,6 +343,86 @@ NON_FINITE_REASON = (
 )
 
 
+class ReasoningScorer(BaseScorer):
+    """The teacher's read-out as a scorer (backend ``reasoning``): per (image, prompt, dimension), sample
+    ``num_samples`` reasoning traces and average the score distributions read after them
+    (:func:`~zreward_deploy.generation.generate_reasoning`). Everything else, validation, the per-item
+    error contract, the default dimensions and the reward, is :class:`BaseScorer`'s.
+
+    Sampling is seeded (``seed`` and the call's running count), so an evaluation is reproducible. It also
+    counts the reasoning tokens it generates (``tokens_generated``) and the images it scored, for the
+    teacher-vs-student cost comparison.
+    """
+
+    backend = "reasoning"
+
+    def __init__(
+        self,
+        model: ZRewardModel,
+        processor: ZRewardProcessor,
+        num_samples: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        max_batch_size: int = 16,
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.num_samples = num_samples
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.max_batch_size = max_batch_size
+        self.tokens_generated = 0
+        self.images_scored = 0
+        self._calls = 0
+
+    def _chunks(self, prompt_ids: dict[int, list[int]]) -> Iterator[list[int]]:
+        # In input order (sampling is seeded per call: the same items, the same traces)
+        order = sorted(prompt_ids)
+        for start in range(0, len(order), self.max_batch_size):
+            yield order[start : start + self.max_batch_size]
+
+    def _score_chunk(
+        self,
+        images: list[torch.Tensor],
+        prompts: list[str],
+        prompt_ids: list[list[int]],
+        dimensions: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from .generation import derive_seed, generate_reasoning
+
+        device = next(self.model.parameters()).device
+        pixels = torch.stack(images).to(device)  # [b, 3, S, S] in [0, 1]; generate_reasoning normalises
+        scale = self.config.get_score_scale()
+        k = scale.num_scores
+        probs = torch.empty(len(images), len(dimensions), k)
+        for d, name in enumerate(dimensions):
+            self._calls += 1
+            out = generate_reasoning(
+                self.model,
+                self.processor,
+                pixels,
+                prompts,
+                name,
+                num_samples=self.num_samples,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=derive_seed(self.seed, "eval", self._calls),
+            )
+            self.tokens_generated += int(out.reasoning_mask.sum())
+            probs[:, d] = out.probs.detach().float().cpu().reshape(len(images), self.num_samples, k).mean(1)
+        self.images_scored += len(images)
+        values = scale.values_tensor().to(probs)
+        mean = (probs * values).sum(-1)
+        # centred: E[v^2] - mu^2 cancels catastrophically for peaked distributions
+        var = (probs * (values - mean.unsqueeze(-1)) ** 2).sum(-1)
+        return probs, mean, var.sqrt()
+
+
 def non_finite_rows(probs: torch.Tensor, items: Sequence[int]) -> list[int]:
     """The items (``items[r]`` for row r of ``probs [b, D, K]``) whose scores hold NaN or infinity: a
     score is never returned as NaN without an error saying so. One device synchronisation."""
@@ -370,7 +479,7 @@ def _broadcast_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
     return prompts
 
 
-BACKENDS: dict[str, str] = {
+SCORER_BACKENDS: dict[str, str] = {
     "torch": "zreward_deploy.scoring:Scorer",
     "onnx": "zreward_deploy.export.ort:OrtScorer",
     "tensorrt": "zreward_deploy.export.tensorrt:TensorRTScorer",
@@ -382,13 +491,13 @@ def load_scorer(model_dir: str | os.PathLike, backend: str = "torch", **kwargs: 
 
     Keyword arguments go to the backend's ``from_pretrained`` (``device``, ``dtype``, ``max_batch_size``).
     """
-    if backend not in BACKENDS:
-        raise ZRewardInputError(backend, f"unknown backend; available: {sorted(BACKENDS)}")
+    if backend not in SCORER_BACKENDS:
+        raise ZRewardInputError(backend, f"unknown backend; available: {sorted(SCORER_BACKENDS)}")
     import importlib
 
     from .errors import MissingDependencyError
 
-    module_name, cls_name = BACKENDS[backend].split(":")
+    module_name, cls_name = SCORER_BACKENDS[backend].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:  # an optional dependency of the backend is not installed

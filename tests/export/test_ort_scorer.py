@@ -123,6 +123,6 @@ def test_load_scorer_turns_a_missing_backend_module_into_a_clear_error(monkeypat
     """A backend whose module needs a package that is not installed: MissingDependencyError naming the extra."""
     import zreward_deploy.scoring as scoring
 
-    monkeypatch.setitem(scoring.BACKENDS, "tensorrt", "some_uninstalled_runtime_pkg.module:Scorer")
+    monkeypatch.setitem(scoring.SCORER_BACKENDS, "tensorrt", "some_uninstalled_runtime_pkg.module:Scorer")
     with pytest.raises(MissingDependencyError, match=r"zreward-deploy\[gpu\]"):
         load_scorer(tmp_path, backend="tensorrt")
