@@ -111,8 +111,14 @@ def test_student_and_export_load_and_agree(demo):
 
     images = [r["image"] for r in summary["examples"]["records"]]
     prompt = summary["examples"]["records"][0]["prompt"]
-    torch_result = Scorer.from_pretrained(out / "risd_student" / "model").score(images, prompt)
-    onnx_result = load_scorer(out / "onnx" / "fp32", backend="onnx").score(images, prompt)
+    student = Scorer.from_pretrained(out / "risd_student" / "model")
+    onnx = load_scorer(out / "onnx" / "fp32", backend="onnx")
+    # the student was trained on realism only: by default both score that, and mark the rest if asked
+    assert student.score(images, prompt).dimensions == onnx.score(images, prompt).dimensions == ["realism"]
+    every = student.config.get_rubric().names
+    torch_result = student.score(images, prompt, dimensions=every)
+    onnx_result = onnx.score(images, prompt, dimensions=every)
+    assert torch_result.untrained == onnx_result.untrained == [d for d in every if d != "realism"]
     probs = torch_result.probs.numpy()
     assert probs.shape == (len(images), 4, 5)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)

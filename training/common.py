@@ -39,6 +39,7 @@ What a run refuses or tolerates (docs/training.md §4):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,7 +50,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ from zreward_deploy.processing import ZRewardProcessor
 
 from .config import ConfigError, NonFiniteLossError, TrainConfig
 from .data import ImageCache
+from .run_rules import (
+    RUN_CONFIG,
+    ProgressLog,
+    TrainingInterrupted,
+    check_continues_earlier_run,
+    delete_earlier_run,
+    delete_earlier_weights,
+    has_weights,
+    interrupted_message,
+    read_run_config,
+    schedule_change_warning,
+    training_record,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -248,6 +262,10 @@ class Run:
     metrics: MetricsWriter
     resume_from: Path | None = None
     started: float = field(default_factory=time.perf_counter)
+    start_step: int = 0  # the step resumed from (0 for a fresh run)
+    # True when the run resumed at or past max_steps and output_dir holds its final model: nothing to do
+    # (the trainers return :meth:`already_trained_result` before loading anything)
+    already_trained: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -293,10 +311,27 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def progress(self, total: int, initial: int) -> Any:
+        """A tqdm bar on a terminal; off a terminal (stderr redirected) a :class:`~.run_rules.ProgressLog`
+        that logs a line every 5% of the run and at least every 30 s; nothing with ``progress=false`` or on
+        the other processes."""
         from tqdm.auto import tqdm
 
-        show = self.config.progress and self.is_main and sys.stderr.isatty()
+        show = self.config.progress and self.is_main
+        if show and not sys.stderr.isatty():
+            return ProgressLog(self.config.method, total, initial, logger.info)
         return tqdm(total=total, initial=initial, disable=not show, desc=self.config.method, unit="step")
+
+    def already_trained_result(self) -> TrainResult:
+        """The result of a run that had nothing to do (:attr:`already_trained`)."""
+        return TrainResult(
+            self.output_dir,
+            self.output_dir / MODEL_DIR,
+            self.start_step,
+            [],
+            is_main_process=self.is_main,
+            start_step=self.start_step,
+            already_trained=True,
+        )
 
 
 # Trainers that sample with ``generate_reasoning`` on the unwrapped model, which needs every parameter whole.
@@ -316,15 +351,28 @@ def check_distributed_support(method: str, distributed_type: str) -> None:
 
 
 def start_run(cfg: TrainConfig) -> Run:
-    """Set threads, create the accelerator, check the batch split, prepare ``output_dir`` (writing
-    ``config.yaml``) and find the checkpoint to resume from."""
+    """Set threads, create the accelerator, check the batch split, prepare ``output_dir`` and find the
+    checkpoint to resume from.
+
+    ``output_dir`` follows the rules of :mod:`.run_rules`: ``overwrite`` deletes an earlier run first;
+    ``resume=never`` removes its weights; otherwise an earlier run is continued only by a config that
+    differs from its ``config.yaml`` in :attr:`~.config.TrainConfig.changeable_on_resume` fields
+    (``ZRewardInputError`` naming the others). ``config.yaml`` is written, except when the run already
+    reached ``max_steps`` (then it still describes the weights): with its final model there, the run is
+    :attr:`Run.already_trained` and the trainer returns at once.
+    """
     from accelerate import Accelerator
 
+    if cfg.device == "cuda":
+        from zreward_deploy.devices import resolve_device
+
+        resolve_device("cuda", "device")  # a CPU-only build or no visible GPU: one line naming the field
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    # cpu=True unless a GPU is visible: one CPU process, or gloo across processes started by torchrun or
-    # `accelerate launch --multi_gpu` (docs/training.md §5)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # cpu=True unless a GPU is visible (or device=cpu): one CPU process, or gloo across processes started
+    # by torchrun or `accelerate launch --multi_gpu` (docs/training.md §5)
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=use_cpu)
     check_distributed_support(cfg.method, str(accelerator.distributed_type))
     if cfg.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -333,20 +381,45 @@ def start_run(cfg: TrainConfig) -> Run:
             "processes",
         )
     out = Path(cfg.output_dir)
-    warn = logger.warning if accelerator.is_main_process else _no_warning
+    is_main = accelerator.is_main_process
+    warn = logger.warning if is_main else _no_warning
+    if cfg.overwrite:
+        delete_earlier_run(cfg, delete=is_main)  # every process checks, so a refusal stops them all
+        accelerator.wait_for_everyone()
+    saved = read_run_config(out)
+    if saved is not None and not has_weights(out, CHECKPOINT_DIR, MODEL_DIR):
+        saved = None  # a run stopped before its first checkpoint: nothing in the folder to keep apart
+    if saved is not None and cfg.resume == "never":
+        if is_main:
+            delete_earlier_weights(out, CHECKPOINT_DIR, MODEL_DIR)
+        accelerator.wait_for_everyone()
+        saved = None
+    if saved is not None:
+        check_continues_earlier_run(cfg, saved, out)
     resume_from = find_resume_checkpoint(cfg, warn)
-    if accelerator.is_main_process:
+    step = read_trainer_state(resume_from)["step"] if resume_from else 0
+    reached = resume_from is not None and step >= cfg.max_steps
+    already_trained = reached and (out / MODEL_DIR / "config.json").is_file()
+    if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        if not (reached and (out / RUN_CONFIG).is_file()):
+            atomic_write_text(out / RUN_CONFIG, cfg.to_yaml())
         if cfg.resume == "never":
             # a fresh run must not leave `latest` naming an older run's checkpoint until its first save
             (out / CHECKPOINT_DIR / LATEST_FILE).unlink(missing_ok=True)
+        if resume_from is not None and not reached:
+            logger.info(
+                f"{cfg.method}: resumed from step {step} (checkpoint {resume_from}); training to step "
+                f"{cfg.max_steps}"
+            )
+            note = schedule_change_warning(cfg, saved, step) if saved is not None else None
+            if note:
+                logger.warning(note)
     accelerator.wait_for_everyone()
-    step = read_trainer_state(resume_from)["step"] if resume_from else 0
     metrics = MetricsWriter(
-        out, enabled=accelerator.is_main_process, resume_step=step, tensorboard=cfg.tensorboard
+        out, enabled=is_main and not already_trained, resume_step=step, tensorboard=cfg.tensorboard
     )
-    return Run(cfg, accelerator, out, metrics, resume_from)
+    return Run(cfg, accelerator, out, metrics, resume_from, start_step=step, already_trained=already_trained)
 
 
 def find_resume_checkpoint(cfg: TrainConfig, warn: Warn = logger.warning) -> Path | None:
@@ -744,8 +817,13 @@ class TrainLoop:
     resume, the ``accelerate``-prepared model, one optimizer update, the metrics row, checkpoints, and
     the final model. A trainer reads as::
 
-        loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps)
-        with run.progress(cfg.max_steps, loop.step) as bar:
+        run = start_run(cfg)
+        if run.already_trained:                         # output_dir's run is at max_steps already
+            return run.already_trained_result()
+        ...                                             # model, data
+        loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps,
+                               trained_dimensions=data.trained_dimensions)
+        with loop.progress() as bar:                    # Ctrl-C -> TrainingInterrupted
             while loop.step < cfg.max_steps:
                 batch = data.batch(run.local(loop.sampler.next_batch()))
                 loss = ...                              # the method
@@ -769,6 +847,9 @@ class TrainLoop:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Path | None = None  # the newest checkpoint this run loaded or wrote (for errors)
     skipped_items: int = 0  # records left out because their image does not decode
+    # the rubric dimensions the data trains (what the saved models' training record names)
+    trained_dimensions: list[str] = field(default_factory=list)
+    start_step: int = 0  # the step this run started (or resumed) at
 
     @classmethod
     def start(
@@ -780,12 +861,15 @@ class TrainLoop:
         total_updates: int,
         extra_models: Mapping[str, ZRewardModel] | None = None,
         images: ImageCache | None = None,
+        trained_dimensions: Sequence[str] = (),
     ) -> TrainLoop:
         """Build the sampler, optimizer and schedule; restore them (and ``extra_models``, e.g. GDSO's
         π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``.
 
         ``images`` is the data view's :class:`~.data.ImageCache`: the records it skipped (undecodable
         images) are logged here, once per run, and counted in every metrics row and the result.
+        ``trained_dimensions`` (the data view's ``trained_dimensions``) go into the training record of
+        every saved model (:func:`~.run_rules.training_record`).
         """
         cfg = run.config
         skipped = len(images.skipped) if images is not None else 0
@@ -810,7 +894,52 @@ class TrainLoop:
         return cls(
             run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step,
             last_checkpoint=run.resume_from, skipped_items=skipped,
+            trained_dimensions=list(trained_dimensions), start_step=step,
         )  # fmt: skip
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Any]:
+        """``with loop.progress() as bar:`` around the loop: the bar (:meth:`Run.progress`), and Ctrl-C
+        turned into :class:`~.run_rules.TrainingInterrupted`, whose message names the step reached, the
+        checkpoint kept and how to resume. Nothing is saved on the way out: the interrupted step may be
+        half done (its weights half updated)."""
+        cfg = self.run.config
+        with self.run.progress(cfg.max_steps, self.step) as bar:
+            try:
+                yield bar
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt:
+                raise self.interrupted() from None
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The Ctrl-C error at this step: the checkpoint named is the one ``resume=auto`` would take
+        (``checkpoints/latest`` as on disk, which a save cut short by the interrupt leaves consistent)."""
+        import dataclasses
+
+        cfg = self.run.config
+        try:
+            kept = find_resume_checkpoint(dataclasses.replace(cfg, resume="auto"), _no_warning)
+        except ZRewardInputError:
+            kept = None
+        in_output_dir = kept is not None
+        if kept is None and cfg.resume not in ("auto", "never"):
+            kept = Path(cfg.resume)  # nothing saved here yet: the same command loads that one again
+        step = None
+        if kept is not None:
+            try:
+                step = read_trainer_state(kept)["step"]
+            except InvalidModelError:  # damaged: the message still names it, by its folder's step
+                step = checkpoint_step(kept)
+        message = interrupted_message(cfg, self.step, kept, step, in_output_dir=in_output_dir)
+        return TrainingInterrupted(message, self.run.is_main)
+
+    def set_training_record(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Write what the weights were trained on into ``model.config.training`` (saved with them)."""
+        from zreward_deploy.config import check_training_record
+
+        record = training_record(self.run.config, self.trained_dimensions, self.step, metrics)
+        self.model.config.training = check_training_record(record)
 
     def update(self, loss: torch.Tensor) -> tuple[float, float]:
         """Backward, clip, one optimizer and schedule step. Returns (grad norm before clipping, the lr
@@ -898,6 +1027,7 @@ class TrainLoop:
         cfg = self.run.config
         if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
             weights = self._finite_weights("checkpoint")
+            self.set_training_record()
             self.last_checkpoint = save_checkpoint(
                 self.run,
                 self.step,
@@ -914,14 +1044,12 @@ class TrainLoop:
     def finish(
         self, dims: list[str], reasoning: bool, reasoning_kwargs: dict[str, Any] | None = None
     ) -> TrainResult:
-        """Save the final model to ``output_dir/model`` (atomically), evaluate it on ``eval_split``
-        when ``eval_at_end`` (after reasoning with ``reasoning``), close the logs."""
+        """Evaluate the final weights on ``eval_split`` when ``eval_at_end`` (after reasoning with
+        ``reasoning``), save them to ``output_dir/model`` (atomically) with their training record (the
+        final metrics included), close the logs."""
         run = self.run
         weights = self._finite_weights("final model")
         model_dir = run.output_dir / MODEL_DIR
-        if run.is_main:
-            save_model_dir(self.model, self.processor, model_dir, state_dict=weights)
-        run.barrier()
         final_eval = None
         if run.config.eval_at_end:
             final_eval = evaluate_during_training(
@@ -929,6 +1057,10 @@ class TrainLoop:
             )
             if run.is_main:
                 run.metrics.log(self.step, {f"final_eval/{k}": v for k, v in final_eval.items()})
+        if run.is_main:
+            self.set_training_record(final_eval)
+            save_model_dir(self.model, self.processor, model_dir, state_dict=weights)
+        run.barrier()
         run.metrics.close()
         return TrainResult(
             run.output_dir,
@@ -938,6 +1070,7 @@ class TrainLoop:
             final_eval or None,
             run.is_main,
             skipped_items=self.skipped_items,
+            start_step=self.start_step,
         )
 
 
@@ -952,6 +1085,12 @@ class TrainResult:
     final_eval: dict[str, float] | None = None
     is_main_process: bool = True  # False on the other processes of a multi-process run
     skipped_items: int = 0  # training records left out because their image does not decode
+    start_step: int = 0  # the step the run resumed from (0: a fresh run); steps - start_step were trained
+    already_trained: bool = False  # output_dir held a run already at max_steps: nothing was trained or saved
+
+    @property
+    def steps_trained(self) -> int:
+        return self.steps - self.start_step
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ C = TypeVar("C", bound="TrainConfig")
 
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 RESUME_MODES = ("auto", "never")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ZRewardInputError):
@@ -93,6 +94,14 @@ class TrainConfig:
     """Fields every trainer shares: run, model, data, optimisation, logging and checkpoints."""
 
     method: ClassVar[str] = "base"
+    # Fields an earlier run in output_dir may be continued with other values of (docs/training.md §4):
+    # the step budget, and fields that only decide how a run is watched, saved or placed; none changes
+    # what a step does to the weights. Any other difference is refused (training/run_rules.py).
+    changeable_on_resume: ClassVar[tuple[str, ...]] = (
+        "max_steps", "output_dir", "resume", "overwrite", "device", "num_threads", "log_every",
+        "eval_every", "eval_split", "eval_at_end", "save_every", "keep_checkpoints", "progress",
+        "tensorboard",
+    )  # fmt: skip
 
     # -- run ----------------------------------------------------------------------------------------
     output_dir: str = field(
@@ -113,8 +122,25 @@ class TrainConfig:
         default="auto",
         metadata=help_text(
             "'auto': continue from the latest checkpoint in output_dir if there is one (exact resume: "
-            "weights, optimizer, scheduler, data order, RNG states); 'never': start from scratch and "
-            "overwrite; or a path to a checkpoint folder"
+            "weights, optimizer, scheduler, data order, RNG states), refused when output_dir's earlier "
+            "run has other settings (anything but max_steps and the logging, eval and checkpoint "
+            "intervals); 'never': start from scratch in output_dir, deleting the earlier run's model/ "
+            "and checkpoints/; or a path to a checkpoint folder"
+        ),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=help_text(
+            "delete output_dir's earlier run (the whole folder) and start over (`--overwrite`); only a "
+            "folder that holds a training run (config.yaml and metrics.jsonl) is deleted"
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=help_text(
+            f"where to train, one of {DEVICES}: 'auto' = a CUDA GPU when one is visible, else the CPU; "
+            "'cuda' fails with one line on a machine or PyTorch build without CUDA (`--device`). Under "
+            "accelerate/torchrun each process takes its own GPU"
         ),
     )
 
@@ -183,7 +209,11 @@ class TrainConfig:
         default=2, metadata=help_text("resumable checkpoints kept in output_dir/checkpoints (oldest deleted)")
     )
     progress: bool = field(
-        default=True, metadata=help_text("show a progress bar (main process, on a terminal)")
+        default=True,
+        metadata=help_text(
+            "show progress (main process): a bar on a terminal; when stderr is not a terminal, one log "
+            "line every 5% of the run and at least every 30 s"
+        ),
     )
     tensorboard: bool = field(
         default=False, metadata=help_text("also write TensorBoard scalars to output_dir/tensorboard")
@@ -211,6 +241,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
         require_one_of("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        require_one_of("device", self.device, DEVICES)
         if not self.output_dir:
             raise ConfigError("output_dir", "must not be empty")
         if self.dimensions is not None and not self.dimensions:

@@ -202,6 +202,11 @@ class StudentData:
         if not self.mask.any():
             raise ZRewardInputError("data", f"no record has a target on any of {self.dimensions}")
 
+    @property
+    def trained_dimensions(self) -> list[str]:
+        """The dimensions at least one record has a label (or teacher target) on: what training moves."""
+        return [d for j, d in enumerate(self.dimensions) if bool(self.mask[:, j].any())]
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -294,6 +299,13 @@ class PairData:
             raise ZRewardInputError(
                 "data", f"no same-prompt pair with different labels on {list(dimensions)}"
             )
+        self.dimensions = list(dimensions)
+
+    @property
+    def trained_dimensions(self) -> list[str]:
+        """The dimensions at least one pair is on (in the order given): what training moves."""
+        paired = {p.dimension for p in self.pairs}
+        return [d for d in self.dimensions if d in paired]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -343,6 +355,11 @@ class ItemData:
         self.records = self.images.records
         self.dimensions = list(dimensions)
         self.items = [(i, d) for i in range(len(self.records)) for d in self.dimensions]
+
+    @property
+    def trained_dimensions(self) -> list[str]:
+        """Every dimension (distillation needs no labels)."""
+        return list(self.dimensions) if self.items else []
 
     def __len__(self) -> int:
         return len(self.items)

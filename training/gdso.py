@@ -126,6 +126,7 @@ class GDSOConfig(TrainConfig):
     eval_samples: int = field(
         default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
     )
+    changeable_on_resume: ClassVar[tuple[str, ...]] = (*TrainConfig.changeable_on_resume, "eval_samples")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +162,8 @@ class GDSOConfig(TrainConfig):
 def train_gdso(cfg: GDSOConfig) -> TrainResult:
     """Run GDSO (or GRPO, with a :class:`~.grpo.GRPOConfig`); the model is saved to ``output_dir/model``."""
     run = start_run(cfg)
+    if run.already_trained:
+        return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     scale = model.config.get_score_scale()
     records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=model.config.get_rubric())
@@ -176,13 +179,14 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
         total_updates=cfg.max_steps * cfg.inner_updates,
         extra_models=extra,
         images=data.images,
+        trained_dimensions=data.trained_dimensions,
     )
 
     def policy_pass(**inputs: Any) -> Any:
         return loop.wrapped("teacher", **inputs)
 
     sampling = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
-    with run.progress(cfg.max_steps, loop.step) as bar:
+    with loop.progress() as bar:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             if ref is not None and loop.step % cfg.steps_per_iteration == 0:

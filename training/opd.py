@@ -68,6 +68,7 @@ class OPDConfig(TrainConfig):
     eval_samples: int = field(
         default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
     )
+    changeable_on_resume: ClassVar[tuple[str, ...]] = (*TrainConfig.changeable_on_resume, "eval_samples")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +90,8 @@ def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> N
 def train_opd(cfg: OPDConfig) -> TrainResult:
     """Run OPD; the (reasoning) student is saved to ``output_dir/model``."""
     run = start_run(cfg)
+    if run.already_trained:
+        return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     teacher, t_proc = load_model(cfg.teacher)
     teacher = frozen_copy(teacher).to(run.device)
@@ -98,7 +101,10 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
     data = ItemData(records, processor, dims)
-    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images)
+    loop = TrainLoop.start(
+        run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images,
+        trained_dimensions=data.trained_dimensions,
+    )  # fmt: skip
     sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.include_score_token)
     eval_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
     teacher_pass = frozen_pass(teacher, t_proc)
@@ -106,7 +112,7 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     def student_pass(**inputs: Any) -> Any:
         return loop.wrapped("teacher", **inputs)
 
-    with run.progress(cfg.max_steps, loop.step) as bar:
+    with loop.progress() as bar:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             global_batch = loop.sampler.next_batch()

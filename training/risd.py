@@ -229,6 +229,8 @@ def make_risd_loss(values: Sequence[float]) -> Any:
 def train_risd(cfg: RISDConfig) -> TrainResult:
     """Run RISD: build or reuse the teacher-target cache, then train the student (``output_dir/model``)."""
     run = start_run(cfg)
+    if run.already_trained:
+        return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     records = load_split(
         cfg.data, cfg.train_split, scale=model.config.get_score_scale(), rubric=model.config.get_rubric()

@@ -74,6 +74,8 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
     from zreward_deploy.data import load_split
 
     run = start_run(cfg)
+    if run.already_trained:
+        return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     config = model.config
     records = load_split(
@@ -101,10 +103,13 @@ def run_student_loop(
     split.
     """
     cfg = run.config
-    loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images)
+    loop = TrainLoop.start(
+        run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images,
+        trained_dimensions=data.trained_dimensions,
+    )  # fmt: skip
     suffix_ids = [s.to(run.device) for s in processor.suffix_ids(data.dimensions)]
 
-    with run.progress(cfg.max_steps, loop.step) as bar:
+    with loop.progress() as bar:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             global_batch = loop.sampler.next_batch()

@@ -87,7 +87,10 @@ def print_error(message: str) -> None:
     undecodable file name) are escaped instead of raising while reporting the error."""
     line = f"zreward: error: {message}"
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-    print(line.encode(encoding, "backslashreplace").decode(encoding), file=sys.stderr)
+    # one write of the whole line: processes of a multi-process run report at the same moment, and
+    # print()'s separate write of the newline lets their lines run into each other
+    sys.stderr.write(line.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+    sys.stderr.flush()
 
 
 def os_error_message(exc: OSError) -> str:
