@@ -345,6 +345,17 @@ def _closest(key: str, fields: Mapping[str, Any]) -> str | None:
     return match[0] if match else None
 
 
+def _comma_list(name: str, text: str) -> list[Any]:
+    """``"a,b"`` -> ``["a", "b"]``, each entry read as a YAML scalar (``1,8`` -> ``[1, 8]``); an empty entry
+    is refused naming the field."""
+    import yaml
+
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise ConfigError(name, f"expected comma-separated values such as a,b; got {text!r}")
+    return [yaml.safe_load(p) for p in parts]
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field annotation (int, float, str, bool, list[...], X | None)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -360,6 +371,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 errors.append(exc.reason)
         raise ConfigError(name, errors[0] if len(errors) == 1 else f"no allowed type fits {value!r}")
     if origin is list:
+        if isinstance(value, str):  # dimensions=realism,alignment: the comma convention of every command
+            value = _comma_list(name, value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(name, f"must be a list, got {value!r}")
         (item_type,) = args or (Any,)

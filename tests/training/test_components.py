@@ -43,7 +43,8 @@ def test_config_precedence_yaml_then_overrides(tmp_path):
         ({"data": "d", "group_sise": 4}, "did you mean 'group_size'"),
         ({"data": "d", "group_size": 2.5}, "must be an integer"),
         ({"data": "d", "include_score_token": "yes"}, "true or false"),
-        ({"data": "d", "dimensions": "realism"}, "must be a list"),
+        # a string is a comma-separated list (dimensions=realism,alignment); a number is no list
+        ({"data": "d", "dimensions": 5}, "must be a list"),
         ({"data": "d", "group_size": 0}, "must be >= 1"),
         ({"data": "d", "lr_scheduler": "step"}, "lr_scheduler"),
         ({}, "data"),
