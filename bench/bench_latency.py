@@ -1,4 +1,4 @@
-"""Latency and throughput of each runtime per batch size, in one process (DESIGN.md §10).
+"""Latency and throughput of each runtime per batch size, in one process (docs/design.md §12).
 
 Backends: ``torch`` (eager, the reference), ``onnx-fp32`` / ``onnx-fp16`` (ONNX Runtime) and
 ``tensorrt-fp32`` / ``tensorrt-fp16``. What is timed is one scorer forward, ``Scorer._forward`` on an already

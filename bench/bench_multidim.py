@@ -1,4 +1,4 @@
-"""All rubric dimensions in one pass vs one pass per dimension (DESIGN.md §3).
+"""All rubric dimensions in one pass vs one pass per dimension (docs/design.md §3).
 
 Providers, same model, same inputs, same process:
   one_pass        ``[image][prompt][suffix_1..suffix_D]`` with the 4-D mask: image and prompt computed once.

@@ -1,4 +1,4 @@
-"""Accuracy parity of the exported runtimes against torch eager on a dataset split (DESIGN.md §8, §10).
+"""Accuracy parity of the exported runtimes against torch eager on a dataset split (docs/design.md §9, §12).
 
 For each backend variant (``onnx-fp32``, ``onnx-fp16``, ``tensorrt-fp32``, ``tensorrt-fp16``) the same split is
 scored through the same ``Scorer.score`` path (same preprocessing, same micro-batches) as the torch

@@ -1,7 +1,7 @@
 """Shared benchmark plumbing: the environment record, timing, the stability rule, and writing rows.
 
 Every benchmark writes one row per measurement with the hardware, library versions, git SHA, shapes and
-dtype (DESIGN.md §10) into JSON Lines and CSV, and a Markdown table for docs/benchmarks.md. Whether a row's
+dtype (docs/design.md §12) into JSON Lines and CSV, and a Markdown table for docs/benchmarks.md. Whether a row's
 timings are a result or contention is decided here, in one place (:class:`StabilityRule`).
 """
 

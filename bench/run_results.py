@@ -9,7 +9,7 @@ and each run's folder (config.yaml, metrics.jsonl, model/).
 
 Rows (docs/results.md explains the choices):
 
-* teachers (score read after reasoning, :class:`~zreward_deploy.training.rollouts.ReasoningScorer`):
+* teachers (score read after reasoning, :class:`~zreward_deploy.scoring.ReasoningScorer`):
   zero-shot (the untrained preset), GRPO and GDSO (from the SFT teacher's weights: our stand-in for the
   paper's pretrained base model, which already scores above chance zero-shot; a random init gives RL
   nothing to amplify);
@@ -182,8 +182,7 @@ def train_all(b: Budget, data: Path, out: Path, seed: int) -> dict[str, dict[str
 
 
 def _scorer(run: dict[str, Any], b: Budget, seed: int = 0) -> Any:
-    from zreward_deploy.scoring import Scorer
-    from zreward_deploy.training.rollouts import ReasoningScorer
+    from zreward_deploy.scoring import ReasoningScorer, Scorer
 
     if run["reasoning"]:
         from zreward_deploy.training.common import load_model

@@ -1,4 +1,4 @@
-"""Deployment of a Z-Reward model (DESIGN.md §8): ONNX export, runtimes, serving artefacts.
+"""Deployment of a Z-Reward model (docs/design.md §9): ONNX export, runtimes, serving artefacts.
 
 Modules (each imported on use; optional dependencies are imported inside the functions that need them):
 

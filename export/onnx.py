@@ -1,4 +1,4 @@
-"""ONNX export of a :class:`~zreward_deploy.modeling.ZRewardModel` through optimum-onnx (DESIGN.md §8).
+"""ONNX export of a :class:`~zreward_deploy.modeling.ZRewardModel` through optimum-onnx (docs/design.md §9).
 
 Pipeline: :class:`ZRewardOnnxModel` (the graph contract: three inputs, four outputs, the rubric's suffixes
 and reward weights baked in as constants) -> :class:`ZRewardOnnxConfig` (optimum's declarative description:
@@ -220,7 +220,7 @@ class ZRewardDummyInputGenerator(DummyInputGenerator):
 
 
 class ZRewardOnnxConfig(OnnxConfig):
-    """optimum-onnx description of the ``zreward_vlm`` graph contract (DESIGN.md §8).
+    """optimum-onnx description of the ``zreward_vlm`` graph contract (docs/design.md §9).
 
     Batch and text length are dynamic; the image size is fixed by the vision tower; D and K are fixed by
     the rubric and the score scale. Not registered in optimum's ``TasksManager`` (no global registration):

@@ -1,4 +1,4 @@
-"""Triton Inference Server model repository for the ONNX or TensorRT artefact (DESIGN.md §8).
+"""Triton Inference Server model repository for the ONNX or TensorRT artefact (docs/design.md §9).
 
 Layout written by :func:`write_triton_repository`::
 

@@ -1,6 +1,6 @@
 """Score-distribution head: restricted read-out of the score tokens, softmax over them, and moments.
 
-Math (DESIGN.md §3, §7). For N hidden rows ``h_n`` (the answer positions), the K score-token rows
+Math (docs/design.md §3, §8). For N hidden rows ``h_n`` (the answer positions), the K score-token rows
 ``W_k`` of ``lm_head`` (rows ``score_ids`` of a ``[V, H]`` matrix, or a ready ``[K, H]`` matrix), the
 score values ``v_k`` and a temperature ``T``::
 
@@ -263,7 +263,9 @@ def resolve_backend(backend: str | None = None) -> str:
     if backend is None:
         backend, source = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR
     if backend not in SCORE_HEAD_BACKENDS:
-        raise ValueError(f"score-head {source} must be one of {', '.join(SCORE_HEAD_BACKENDS)}; got {backend!r}")
+        raise ValueError(
+            f"score-head {source} must be one of {', '.join(SCORE_HEAD_BACKENDS)}; got {backend!r}"
+        )
     return backend
 
 

@@ -1,5 +1,5 @@
 """Bad input: each case raises a ZRewardInputError subclass that names the item and the reason, and batch
-scoring with errors="collect" keeps every valid item's result (DESIGN.md §2 rules, issue 2 item 9)."""
+scoring with errors="collect" keeps every valid item's result (the per-item error contract, docs/design.md §10)."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Every CLI path of issue 2 runs: score (table and JSON, errors), model create/info/compose. `zreward demo`
+"""Every documented CLI path runs: score (table and JSON, errors), model create/info/compose. `zreward demo`
 runs in tests/test_demo.py."""
 
 import json

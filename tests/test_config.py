@@ -1,4 +1,4 @@
-"""Score scale, rubric, templates and the model config (DESIGN.md §3–4)."""
+"""Score scale, rubric, templates and the model config (docs/design.md §3–4)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""ZRewardModel: static layout, score head, and all dimensions in one pass (DESIGN.md §3)."""
+"""ZRewardModel: static layout, score head, and all dimensions in one pass (docs/design.md §3)."""
 
 import pytest
 import torch

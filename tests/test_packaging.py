@@ -1,4 +1,4 @@
-"""Packaging (DESIGN.md §2): the repository's kernels/, export/, training/, bench/ install as subpackages
+"""Packaging (docs/design.md §2): the repository's kernels/, export/, training/, bench/ install as subpackages
 of zreward_deploy and never as top-level modules; extras and the console script are declared."""
 
 import importlib

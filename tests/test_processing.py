@@ -1,4 +1,4 @@
-"""Image and text processing (DESIGN.md §8: one preprocessing path for every input form)."""
+"""Image and text processing (docs/design.md §9: one preprocessing path for every input form)."""
 
 import numpy as np
 import pytest

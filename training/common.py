@@ -40,7 +40,6 @@ What a run refuses or tolerates (docs/training.md §4):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -61,6 +60,7 @@ from torch import nn
 
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
 from zreward_deploy.fileio import atomic_write_text, read_json_object, replace_dir
+from zreward_deploy.generation import derive_seed
 from zreward_deploy.modeling import ZRewardModel, save_model_dir
 from zreward_deploy.processing import ZRewardProcessor
 
@@ -106,13 +106,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed that is a pure function of ``parts`` (same on every process and every run, unlike
-    ``hash``): e.g. ``derive_seed(cfg.seed, "rollout", step, pair_index)``."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1138,12 +1131,12 @@ def evaluate_during_training(
     prefix: str = "eval/",
 ) -> dict[str, float]:
     """Metrics of the model on ``eval_split`` (main process; the others wait and get ``{}``): scored
-    in one pass, or after reasoning (:class:`~.rollouts.ReasoningScorer`, seeded by ``cfg.seed``)."""
+    in one pass, or after reasoning (:class:`~zreward_deploy.scoring.ReasoningScorer`, seeded by ``cfg.seed``)."""
     out: dict[str, float] = {}
     if run.is_main:
         was_training = model.training
         if reasoning:
-            from .rollouts import ReasoningScorer
+            from zreward_deploy.scoring import ReasoningScorer
 
             kwargs = dict(reasoning_kwargs or {})
             scorer: Any = ReasoningScorer(model, processor, seed=run.config.seed, **kwargs)

@@ -1,4 +1,4 @@
-"""GDSO: the teacher's training (PAPER.md §3, Algorithm 1); with α = 0 it is the GRPO baseline.
+"""GDSO: the teacher's training (docs/method.md §3, Algorithm 1); with α = 0 it is the GRPO baseline.
 
 ::
 
@@ -22,8 +22,8 @@
   a frozen copy refreshed at each outer iteration and saved in checkpoints (it is not recoverable from
   π_θ); with β = 0 none is kept.
 
-Defaults (the paper gives none; PAPER.md §3 suggests G = 8, β ≈ 0.01–0.04, λ_pt = λ_pw = 0.5,
-α_pt ≈ α_pw ≈ 0.1–1, temperature 1.0): G = 4 (8 doubles the cost of a step on a CPU for a small gain in
+Defaults (the paper gives none, docs/method.md §3; common GRPO-family values would be G = 8, β ≈ 0.01–0.04,
+λ_pt = λ_pw = 0.5, α_pt ≈ α_pw ≈ 0.1–1, temperature 1.0, a guess of ours, not the paper's): G = 4 (8 doubles the cost of a step on a CPU for a small gain in
 advantage resolution), β = 0.02, λ_pt = λ_pw = 0.5, α_pt = α_pw = 0.5, K = 2 inner updates (so that
 the clipped ratio matters, as Algorithm 1's π_old implies), a reference reset every 50 steps.
 """

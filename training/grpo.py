@@ -1,4 +1,4 @@
-"""GRPO baseline (PAPER.md §5): GDSO without the direct losses, α_pt = α_pw = 0.
+"""GRPO baseline (docs/method.md §5): GDSO without the direct losses, α_pt = α_pw = 0.
 
 The rewards are the same as GDSO's (``r = λ_pt r_pt + λ_pw r_pw`` from the expectation μ of each
 sampled trace's score distribution: the paper's GRPO computes rewards "from the mean of the predicted

@@ -1,6 +1,6 @@
 """Losses and rewards of GDSO, RISD and the OPD / Bradley–Terry baselines, as pure tensor functions.
 
-Every formula is DESIGN.md §6 (paper: PAPER.md §3–§5). Notation: a training instance is a pair of
+Every formula is docs/design.md §6 (paper: docs/method.md §3–§5). Notation: a training instance is a pair of
 same-prompt images w, l with labels ``ŝ_w, ŝ_l`` on one rubric dimension; ``G`` teacher samples per
 side give score distributions ``q_{j,i}`` over the K score values and expectations
 ``μ_{j,i} = Σ_s s q_{j,i}(s)``; ``j̄`` is the other side; ``R = S_max − S_min``
@@ -20,7 +20,7 @@ Conventions, shared by every function here:
 * Distributions are passed as log-probabilities (the score head returns them in fp32, computed stably by
   ``log_softmax``); target / teacher probabilities may contain exact zeros (``0 · log 0 = 0``).
 
-Decisions where the paper leaves the formula open (PAPER.md §3):
+Decisions where the paper leaves the formula open (docs/method.md §3):
 
 * Advantage std: **population** std (``unbiased=False``) by default. It is defined for G = 1 (giving
   advantage 0 rather than 0/0), and it makes the normalised advantages of every group have mean 0 and

@@ -1,4 +1,4 @@
-"""OPD baseline: on-policy distillation of a reasoning teacher into a reasoning student (PAPER.md §5).
+"""OPD baseline: on-policy distillation of a reasoning teacher into a reasoning student (docs/method.md §5).
 
 Per step, for a batch of (image, prompt, dimension) items (labels not needed):
 

@@ -1,9 +1,9 @@
-"""RISD: distil a reasoning teacher's score distributions into a one-pass student (PAPER.md §4).
+"""RISD: distil a reasoning teacher's score distributions into a one-pass student (docs/method.md §4).
 
 1. **Targets, once.** The frozen teacher samples ``teacher_samples`` reasoning trace(s) per
    (image, prompt, dimension) of the distillation split (labels are not needed) and reads
    ``q_T(s | p, I, d, ρ_T)`` after each; the n distributions are averaged (n = 1 is the paper's
-   Algorithm 2; n > 1 is the optional average, PAPER.md §4). They are written to a JSONL cache, one line
+   Algorithm 2; n > 1 is the optional average, docs/method.md §4). They are written to a JSONL cache, one line
    per (item id, dimension) with its provenance (teacher directory, seed, n, sampling settings), so
    distillation runs without the teacher in memory, and a rerun reuses the cache only if the provenance
    matches.
@@ -28,9 +28,9 @@ import torch
 
 from zreward_deploy.data import Record, load_split
 from zreward_deploy.fileio import atomic_write_text
-from zreward_deploy.generation import generate_reasoning
+from zreward_deploy.generation import derive_seed, generate_reasoning
 
-from .common import Run, TrainResult, derive_seed, load_model, start_run
+from .common import Run, TrainResult, load_model, start_run
 from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
 from .data import ImageCache, StudentBatch, StudentData, resolve_dimensions
 from .losses import forward_kl_loss

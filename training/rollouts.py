@@ -1,6 +1,6 @@
 """Rollouts: sample teacher reasoning, score it, reward it, and recompute its log-probs for the loss.
 
-GDSO / GRPO (PAPER.md §3, Algorithm 1): for each pair (w, l) on dimension d, G reasoning traces per side
+GDSO / GRPO (docs/method.md §3, Algorithm 1): for each pair (w, l) on dimension d, G reasoning traces per side
 are sampled from π_old (the current policy, frozen for the step) with
 :func:`~zreward_deploy.generation.generate_reasoning`, which also reads each trace's score distribution
 q_{j,i} and its expectation μ_{j,i}. From the μ's come the rewards ``r = λ_pt r_pt + λ_pw r_pw``
@@ -30,20 +30,16 @@ reshape to ``[B, 2, G]``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from zreward_deploy.errors import InvalidImageError, ZRewardInputError
-from zreward_deploy.generation import generate_reasoning, teacher_forward
+from zreward_deploy.generation import derive_seed, generate_reasoning, teacher_forward
 from zreward_deploy.modeling import ZRewardModel, ZRewardOutput
 from zreward_deploy.processing import ZRewardProcessor
-from zreward_deploy.scoring import item_call
 
-from .common import derive_seed
 from .data import ItemBatch, PairBatch
 from .losses import gdso_rewards, group_advantages
 
@@ -343,112 +339,3 @@ def sample_item_rollouts(
     """One trace per (image, prompt, dimension) item (OPD's student samples)."""
     groups = [(batch.images[i : i + 1], batch.prompts[i], batch.dimensions[i]) for i in range(len(batch))]
     return sample_groups(model, processor, groups, 1, sampling, chunk_size, chunk_seed)
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring with reasoning (evaluation of teachers and OPD students)
-# --------------------------------------------------------------------------------------------------
-
-
-class ReasoningScorer:
-    """The teacher read-out as a scorer (the :class:`zreward_deploy.scoring.Scorer` interface, so
-    ``zreward_deploy.evaluation.evaluate`` takes it): per (image, prompt, dimension), sample
-    ``num_samples`` reasoning traces and average the score distributions read after them.
-
-    Sampling is seeded (``seed`` and the call's running count), so an evaluation is reproducible. It also
-    counts the reasoning tokens it generates (``tokens_generated``) and the images it scored, for the
-    teacher-vs-student cost comparison.
-    """
-
-    backend = "reasoning"
-
-    def __init__(
-        self,
-        model: ZRewardModel,
-        processor: ZRewardProcessor,
-        num_samples: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        max_batch_size: int = 16,
-    ):
-        self.model = model.eval()
-        self.processor = processor
-        self.num_samples = num_samples
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed
-        self.max_batch_size = max_batch_size
-        self.tokens_generated = 0
-        self.images_scored = 0
-        self._calls = 0
-
-    @property
-    def config(self) -> Any:
-        return self.processor.config
-
-    def score(
-        self,
-        images: Sequence[Any],
-        prompts: Sequence[str] | str,
-        dimensions: Sequence[str] | str | None = None,
-        errors: str = "raise",
-    ) -> Any:
-        """Score B images on the chosen dimensions -> :class:`~zreward_deploy.scoring.ScoreResult`."""
-        from zreward_deploy.scoring import ScoreResult
-
-        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
-        names = [d.name for d in self.config.get_rubric().select(dimensions)]
-        scale = self.config.get_score_scale()
-        values = scale.values_tensor()
-        k = scale.num_scores
-        probs = torch.full((len(images), len(names), k), math.nan)
-        failures: dict[int, ZRewardInputError] = {}
-        ok, tensors = [], []
-        for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
-            try:
-                self.processor.validate_prompt(prompt, item=i)
-                # resized as decoded: only S x S images are held, whatever the sources' sizes
-                tensors.append(item_call(self.processor.model_image, image, i, InvalidImageError))
-                ok.append(i)
-            except ZRewardInputError as exc:
-                if errors == "raise":
-                    raise
-                failures[i] = exc
-        device = next(self.model.parameters()).device
-        for start in range(0, len(ok), self.max_batch_size):
-            chunk = ok[start : start + self.max_batch_size]
-            # [b, 3, S, S] still in [0, 1]; generate_reasoning normalises
-            resized = torch.stack(tensors[start : start + len(chunk)])
-            for d, name in enumerate(names):
-                self._calls += 1
-                out = generate_reasoning(
-                    self.model,
-                    self.processor,
-                    resized.to(device),
-                    [prompts[i] for i in chunk],
-                    name,
-                    num_samples=self.num_samples,
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    seed=derive_seed(self.seed, "eval", self._calls),
-                )
-                self.tokens_generated += int(out.reasoning_mask.sum())
-                q = out.probs.detach().cpu().reshape(len(chunk), self.num_samples, k).mean(1)
-                probs[torch.tensor(chunk), d] = q
-            self.images_scored += len(chunk)
-        mean = (probs * values).sum(-1)
-        var = (probs * values**2).sum(-1) - mean**2
-        weights = self.config.get_rubric().weights(names)
-        return ScoreResult(
-            probs=probs,
-            mean=mean,
-            std=var.clamp_min(0).sqrt(),
-            reward=mean @ weights,
-            dimensions=names,
-            values=list(scale.values),
-            errors=failures,
-        )

@@ -1,4 +1,4 @@
-"""SFT: cross-entropy on the score token with no reasoning (PAPER.md §5's SFT baseline, DESIGN.md §6).
+"""SFT: cross-entropy on the score token with no reasoning (docs/method.md §5's SFT baseline, docs/design.md §6).
 
 The model answers in the student layout: every dimension in one pass
 (:meth:`~zreward_deploy.modeling.ZRewardModel.forward`), each read at its own answer position. The loss

@@ -1,7 +1,7 @@
 """Configuration: the score scale, the rubric, the prompt templates and the model config.
 
 The score scale and the rubric are data (they live in ``config.json`` beside the weights), so a model
-directory fully describes what its outputs mean. See DESIGN.md §3–4.
+directory fully describes what its outputs mean. See docs/design.md §3–4.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class ScoreScale:
         return {"values": list(self.values), "tokens": list(self.tokens)}
 
 
-# The paper's nine-level half-point scale with nine distinct single tokens (PAPER.md §2, option (a)).
+# The paper's nine-level half-point scale with nine distinct single tokens (docs/method.md §2, option (a)).
 HALF_POINT_SCALE = ScoreScale(
     values=(1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
     tokens=("A", "B", "C", "D", "E", "F", "G", "H", "I"),

@@ -289,8 +289,8 @@ def _scorer(model_dir: str, reasoning: bool, b: Any, seed: int) -> Any:
         from .scoring import Scorer
 
         return Scorer.from_pretrained(model_dir)
+    from .scoring import ReasoningScorer
     from .training.common import load_model
-    from .training.rollouts import ReasoningScorer
 
     model, processor = load_model(model_dir)
     return ReasoningScorer(

@@ -2,7 +2,7 @@
 
 Each (image, prompt) is scored once, for every dimension the split labels (one pass gives all), in
 micro-batches. The human score ŝ of an (item, dimension) is the trimmed mean of its annotations where
-they exist, else its ``scores`` entry (:meth:`Record.human_score` with ``source="auto"``, DESIGN.md §6).
+they exist, else its ``scores`` entry (:meth:`Record.human_score` with ``source="auto"``, docs/design.md §7).
 Annotations are placed on the model's K score values as two-hot histograms
 (:meth:`ScoreScale.soft_target`), so half-point annotations on a five-value scale are represented
 exactly in expectation. Items the scorer refuses (``errors="collect"``) are left out of the metrics and

@@ -1,4 +1,4 @@
-"""Teacher generation: sample reasoning, then read the score distribution after it (DESIGN.md §3, §6).
+"""Teacher generation: sample reasoning, then read the score distribution after it (docs/design.md §3, §6).
 
 The teacher's sequence is ``[image][teacher prompt ... <think>][reasoning ... </think>][answer]`` and
 the score distribution is read at the last token of ``answer`` (e.g. "\\nScore: "), exactly like the

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md §6, PAPER.md §6): pure functions over numpy arrays.
+"""Evaluation metrics (docs/design.md §7, docs/method.md §6): pure functions over numpy arrays.
 
 Notation: ``pred`` = the model's expectation μ per scored (item, dimension), ``human`` = the human score
 ŝ, ``pairs`` = ``[P, 2]`` indices of same-prompt, same-dimension entries (built by

@@ -1,6 +1,6 @@
 """The Z-Reward vision-language model: vision tower -> projector -> causal LM -> score head.
 
-Layout (DESIGN.md §3) is static so that it exports: ``[image tokens][text tokens]``, image features
+Layout (docs/design.md §3) is static so that it exports: ``[image tokens][text tokens]``, image features
 concatenated in front of the text embeddings, no data-dependent scatter and no Python branching on values.
 
 Two ways to read scores:
@@ -66,7 +66,7 @@ class ZRewardProjector(nn.Module):
 
 
 class ScoreHead(nn.Module):
-    """Q-Align read-out restricted to the K score tokens (DESIGN.md §3).
+    """Q-Align read-out restricted to the K score tokens (docs/design.md §3).
 
     Reads only rows ``score_token_ids`` of ``lm_head``; never computes the full-vocabulary projection.
     Owns no parameters: the weights are the LM's own ``lm_head`` rows, so training the head trains them.

@@ -1,5 +1,5 @@
 """Building models: tiny presets from configs (tests, demo, CPU benchmarks) and ``compose`` from
-pretrained component checkpoints on disk. Nothing is fetched from a hub (DESIGN.md §3).
+pretrained component checkpoints on disk. Nothing is fetched from a hub (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Input processing: images in any common form -> ``pixel_values``; prompts -> token ids.
 
-One preprocessing path serves every backend (DESIGN.md §8): every image is first turned into a float
+One preprocessing path serves every backend (docs/design.md §9): every image is first turned into a float
 tensor ``[3, H, W]`` in [0, 1] (:func:`image_to_tensor`), then :func:`preprocess_tensor` resizes
 (bilinear, antialiased) and normalises it. That last step is pure torch, differentiable and keeps the
 tensor on its device, so the differentiable reward (ReFL/DRaFT) and the file-based scorer see exactly the
@@ -324,7 +324,7 @@ def preprocess_tensor(
 ) -> torch.Tensor:
     """Resize and normalise images already in [0, 1]: ``[B, 3, H, W]`` -> ``[B, 3, S, S]``.
 
-    Pure torch: differentiable with respect to ``images`` and runs on their device (DESIGN.md §8).
+    Pure torch: differentiable with respect to ``images`` and runs on their device (docs/design.md §9).
     Bilinear with antialiasing, so downscaling a large generator output does not alias.
     """
     if images.ndim != 4 or images.shape[1] != 3:
@@ -349,7 +349,7 @@ PROCESSOR_FILE = "zreward_processor.json"
 class ZRewardProcessor:
     """Turns (images, prompts, dimensions) into model inputs, following the model's config.
 
-    Text layout for the student (DESIGN.md §3): ``input_ids`` hold the prompt part (student prompt template
+    Text layout for the student (docs/design.md §3): ``input_ids`` hold the prompt part (student prompt template
     around the user prompt), right-padded; :meth:`suffix_ids` gives one token sequence per dimension that
     the model appends after the padded prompt, each ending at its answer position.
     """

@@ -1,4 +1,4 @@
-"""The scoring API: ``Scorer.score(images, prompts) -> ScoreResult`` (DESIGN.md §8).
+"""The scoring API: ``Scorer.score(images, prompts) -> ScoreResult`` (docs/design.md §9).
 
 Every runtime (torch here; ONNX Runtime and TensorRT in ``zreward_deploy.export``) implements the same
 interface, so evaluation, benchmarks and serving take any of them (:func:`load_scorer`).

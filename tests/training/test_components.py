@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zreward_deploy.training.common import EpochSampler, derive_seed
+from zreward_deploy.generation import derive_seed
+from zreward_deploy.scoring import BaseScorer, ReasoningScorer
+from zreward_deploy.training.common import EpochSampler
 from zreward_deploy.training.config import ConfigError
 from zreward_deploy.training.gdso import GDSOConfig
 from zreward_deploy.training.rollouts import (
-    ReasoningScorer,
     SamplingConfig,
     frozen_pass,
     policy_logprobs,
@@ -244,3 +245,44 @@ def test_rollout_trainers_refuse_fsdp_with_a_clear_error(method):
         check_distributed_support(method, str(ok))
     for student in ("sft", "risd"):  # the students only call the wrapped forward: FSDP is fine
         check_distributed_support(student, str(DistributedType.FSDP))
+
+
+def test_reasoning_scorer_is_a_scorer_with_a_centred_variance(monkeypatch, tmp_path):
+    """The teacher's read-out goes through BaseScorer (per-item errors, dimensions) and computes its
+    variance centred: for a distribution peaked on the top value, E[v²] − μ² in float32 cancels to noise
+    larger than the true variance."""
+    import numpy as np
+    from PIL import Image
+
+    import zreward_deploy.generation as generation
+    from zreward_deploy.presets import build_preset
+
+    model, processor = build_preset("tiny", seed=0)
+    values = processor.config.get_score_scale().values
+    k = len(values)
+    eps = 1e-6
+    peaked = torch.zeros(k)
+    peaked[-1], peaked[-2] = 1 - eps, eps
+
+    class Out:
+        def __init__(self, n):
+            self.probs = peaked.expand(n, k).clone()
+            self.reasoning_mask = torch.ones(n, 2, dtype=torch.bool)
+
+    monkeypatch.setattr(
+        generation, "generate_reasoning", lambda m, p, images, prompts, dim, **kw: Out(len(prompts))
+    )
+    scorer = ReasoningScorer(model, processor, num_samples=1, max_new_tokens=2)
+    assert isinstance(scorer, BaseScorer)
+    good = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    result = scorer.score(
+        [str(good), str(tmp_path / "bad.png")], "a", dimensions=["realism"], errors="collect"
+    )
+    assert list(result.errors) == [1] and torch.isnan(result.probs[1]).all()
+    v = np.asarray(values, dtype=np.float64)
+    q = peaked.double().numpy()
+    mu = (q * v).sum()
+    expected_std = np.sqrt((q * (v - mu) ** 2).sum())  # float64 reference, written out here
+    assert abs(float(result.std[0, 0]) - expected_std) < 1e-2 * expected_std

@@ -1,7 +1,7 @@
 """Analytic tests of training/losses.py: hand-computed values, known endpoints, gradients.
 
 Every expected number below is worked out by hand in the comment beside it (or by an explicit loop
-written from DESIGN.md §6), never by the function under test.
+written from docs/design.md §6), never by the function under test.
 """
 
 from __future__ import annotations

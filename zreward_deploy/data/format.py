@@ -1,4 +1,4 @@
-"""The dataset format (DESIGN.md §5): a folder of JSONL splits plus the images they name.
+"""The dataset format (docs/design.md §5.2): a folder of JSONL splits plus the images they name.
 
 Layout::
 
@@ -118,7 +118,7 @@ class Record:
     def human_score(self, dimension: str, source: ScoreSource = "auto") -> float | None:
         """The human score ŝ of one dimension, or ``None`` when the record has none.
 
-        ``"auto"`` (evaluation, DESIGN.md §6): the trimmed mean of the annotations where they exist
+        ``"auto"`` (evaluation, docs/design.md §7): the trimmed mean of the annotations where they exist
         (:func:`aggregate_annotations`), else ``scores``. ``"scores"``: the ``scores`` field only (training
         labels). ``"annotations"``: the trimmed mean only.
         """

@@ -1,4 +1,4 @@
-"""A procedurally generated dataset in the DESIGN.md §5 format, for demos and tests.
+"""A procedurally generated dataset in the docs/design.md §5.2 format, for demos and tests.
 
 Each prompt describes a small scene of coloured shapes on a table ("two red circles", "a blue square on
 the left", "a yellow triangle to the left of a green diamond"). For each prompt, M images are drawn with
