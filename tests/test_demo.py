@@ -1,4 +1,4 @@
-"""``zreward demo`` (zreward_deploy/demo.py, demo_report.py): the whole pipeline runs with --quick budgets
+"""``zreward demo`` (zreward_deploy/pipeline/demo.py, report.py): the whole pipeline runs with --quick budgets
 through the CLI, its report holds real parity and latency tables, its artefacts load, and failures name
 their stage."""
 
@@ -44,7 +44,7 @@ def _table(report: str, section: str) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_stages_run_in_order(demo):
     out, summary = demo
-    from zreward_deploy.demo import STAGES
+    from zreward_deploy.pipeline.demo import STAGES
 
     assert [s["stage"] for s in summary["stages"]] == [key for key, _ in STAGES]
     assert all(s["wall_s"] > 0 for s in summary["stages"])
@@ -132,7 +132,7 @@ def test_student_and_export_load_and_agree(demo):
 @pytest.mark.slow
 def test_report_without_matplotlib_says_so(demo, tmp_path):
     _, summary = demo
-    from zreward_deploy.demo_report import write_report
+    from zreward_deploy.pipeline.report import write_report
 
     no_plots = {
         **summary,
@@ -147,7 +147,7 @@ def test_report_without_matplotlib_says_so(demo, tmp_path):
 
 
 def test_failed_stage_is_named(tmp_path, capsys, monkeypatch):
-    import zreward_deploy.demo as demo_module
+    import zreward_deploy.pipeline.demo as demo_module
 
     synthesize = demo_module.synthesize
 
@@ -163,7 +163,7 @@ def test_failed_stage_is_named(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
-    import zreward_deploy.demo as demo_module
+    import zreward_deploy.pipeline.demo as demo_module
 
     monkeypatch.setattr(demo_module, "missing_dependencies", lambda: {"accelerate": "train"})
     assert main(["demo", "--quick", "--out", str(tmp_path / "out")]) == 2
@@ -172,7 +172,7 @@ def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 def test_readme_first_command_installs_what_the_demo_needs():
-    from zreward_deploy.demo import REQUIRED_MODULES
+    from zreward_deploy.pipeline.demo import REQUIRED_MODULES
 
     first_block = (ROOT / "README.md").read_text().split("```bash", 1)[1].split("```", 1)[0]
     command = next(line for line in first_block.splitlines() if line.strip() and not line.startswith("#"))

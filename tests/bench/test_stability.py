@@ -384,7 +384,7 @@ def _latency_row(backend: str, batch: int, p50: float, speedup, unreliable=None,
 
 
 def test_demo_report_prints_no_ratio_from_unreliable_latency_rows(tmp_path):
-    from zreward_deploy.demo_report import _latency
+    from zreward_deploy.pipeline.report import _latency
 
     rows = [
         _latency_row("torch", 1, 260.0, None, unreliable="spread 85% > 30%", note="spread 85% > 30%"),
@@ -400,7 +400,7 @@ def test_demo_report_prints_no_ratio_from_unreliable_latency_rows(tmp_path):
 
 
 def test_demo_report_cost_ratio_is_na_when_a_timing_is_unreliable():
-    from zreward_deploy.demo_report import _cost_ratios
+    from zreward_deploy.pipeline.report import _cost_ratios
 
     def cost(scorer, dims, ms, reason=None):
         return {"scorer": scorer, "dimensions": dims, "ms_per_image": ms, "unreliable": reason is not None,

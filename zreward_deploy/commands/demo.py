@@ -1,4 +1,4 @@
-"""``zreward demo``: the whole pipeline on a CPU in a few minutes (see zreward_deploy/demo.py)."""
+"""``zreward demo``: the whole pipeline on a CPU in a few minutes (see zreward_deploy/pipeline/demo.py)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoStageError, run_demo
     from ..errors import MissingDependencyError, ZRewardInputError
     from ..fileio import check_output_dir
+    from ..pipeline.demo import DemoStageError, run_demo
     from .score import format_records
 
     # The one folder rule of every command: an earlier demo is replaced only when asked, and only a folder

@@ -1,4 +1,4 @@
-"""``report.md`` of ``zreward demo`` (zreward_deploy/demo.py): tables from the run's summary, the plots
+"""``report.md`` of ``zreward demo`` (zreward_deploy/pipeline/demo.py): tables from the run's summary, the plots
 embedded by relative links, and a training-curve plot drawn from each run's ``metrics.jsonl``.
 
 Without matplotlib (the ``plots`` extra) the report is written all the same and says which plots are
@@ -60,7 +60,7 @@ def _f(x: Any, spec: str = ".3f") -> str:
 
 
 def write_report(summary: dict[str, Any], out: Path) -> Path:
-    """Write ``out/report.md`` from the summary of :func:`zreward_deploy.demo.run_demo`."""
+    """Write ``out/report.md`` from the summary of :func:`zreward_deploy.pipeline.demo.run_demo`."""
     curves = None
     if summary["plots"]:
         curves = plot_training_curves(summary["runs"], out / "plots" / "training_curves.png")

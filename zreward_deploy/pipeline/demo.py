@@ -15,7 +15,7 @@ Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress 
 7. parity: torch vs ONNX Runtime on the test split (``bench/bench_parity.py``);
 8. latency: torch vs ONNX Runtime per batch size (``bench/bench_latency.py``);
 9. example images (one scene: clean, noisy, blurred, pixelated) scored by the exported student;
-10. ``report.md`` with the tables and plots (``zreward_deploy/demo_report.py``) and ``summary.json``.
+10. ``report.md`` with the tables and plots (``zreward_deploy/pipeline/report.py``) and ``summary.json``.
 
 The training budgets are those of ``bench/run_results.py`` for one seed (the docs/results.md table): the
 measured durations of the demo and of ``quick=True`` (every stage with tiny budgets; the numbers are
@@ -40,9 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependencyError
-
-TEACHER_SEED_OFFSET = 1000  # the teacher chain starts from another init than the student (as run_results)
+from ..errors import MissingDependencyError
 
 STAGES: tuple[tuple[str, str], ...] = (
     ("data", "synthetic data"),
@@ -85,10 +83,10 @@ class DemoStageError(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Budgets of one demo run: the training budget (``run_results.Budget``) and the benchmark settings."""
+    """Budgets of one demo run: the training budget (``training.recipes.Budget``) and the benchmark settings."""
 
     budget: Any = field(
-        metadata={"help": "training and cost budget (zreward_deploy.bench.run_results.Budget)"}
+        metadata={"help": "training and cost budget (zreward_deploy.training.recipes.Budget)"}
     )
     latency_batches: tuple[int, ...] = field(default=(1, 8, 32), metadata={"help": "batch sizes timed"})
     latency_warmup: int = field(default=3, metadata={"help": "untimed runs per backend and batch size"})
@@ -97,7 +95,7 @@ class DemoSettings:
 
     @classmethod
     def for_run(cls, quick: bool) -> DemoSettings:
-        from .bench.run_results import Budget
+        from ..training.recipes import Budget
 
         if quick:
             return cls(Budget.quick(), latency_batches=(1, 8), latency_warmup=1, latency_repeats=3)
@@ -161,7 +159,7 @@ def run_demo(
     if missing:
         extras = ",".join(sorted(set(missing.values())))
         raise MissingDependencyError(", ".join(missing), extras, "zreward demo")
-    from .bench.common import environment
+    from ..bench.common import environment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +204,7 @@ def run_demo(
     with stages.stage("report", out):
         summary["load_avg_end"] = os.getloadavg()
         summary["total_s"] = time.perf_counter() - started
-        from .demo_report import write_report
+        from .report import write_report
 
         summary["report"] = str(write_report(summary, out))
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -220,7 +218,7 @@ def run_demo(
 
 def synthesize(data: Path, b: Any, seed: int) -> dict[str, Any]:
     """Write the synthetic dataset (the results table's split fractions); returns its sizes."""
-    from .data.synth import SynthConfig, generate_dataset
+    from ..data.synth import SynthConfig, generate_dataset
 
     cfg = SynthConfig(
         prompts=b.prompts, images_per_prompt=4, seed=seed, val_fraction=0.05, test_fraction=0.25
@@ -245,8 +243,8 @@ def _run_record(result: Any, cfg: Any) -> dict[str, Any]:
 
 def train_sft_teacher(b: Any, data: Path, out: Path, seed: int) -> dict[str, Any]:
     """SFT of a fresh ``b.preset`` (seed ``seed + 1000``): the GDSO teacher's starting weights."""
-    from .bench.run_results import student_kwargs
-    from .training.sft import SFTConfig, train_sft
+    from ..training.recipes import TEACHER_SEED_OFFSET, student_kwargs
+    from ..training.sft import SFTConfig, train_sft
 
     kwargs = student_kwargs(b, data, out, seed + TEACHER_SEED_OFFSET)
     cfg = SFTConfig(**{**kwargs, **_logging(b.sft_steps)})
@@ -255,8 +253,8 @@ def train_sft_teacher(b: Any, data: Path, out: Path, seed: int) -> dict[str, Any
 
 def train_gdso_teacher(b: Any, data: Path, out: Path, init: Path, seed: int) -> dict[str, Any]:
     """GDSO from the SFT teacher's weights ``init``."""
-    from .bench.run_results import rl_kwargs
-    from .training.gdso import GDSOConfig, train_gdso
+    from ..training.gdso import GDSOConfig, train_gdso
+    from ..training.recipes import rl_kwargs
 
     cfg = GDSOConfig(**{**rl_kwargs(b, data, out, init, seed), **_logging(b.rl_steps)})
     return _run_record(train_gdso(cfg), cfg)
@@ -264,13 +262,11 @@ def train_gdso_teacher(b: Any, data: Path, out: Path, init: Path, seed: int) -> 
 
 def train_risd_student(b: Any, data: Path, out: Path, teacher: Path, seed: int) -> dict[str, Any]:
     """RISD of a fresh ``b.preset`` from the GDSO teacher's cached score distributions."""
-    from .bench.run_results import student_kwargs
-    from .training.risd import RISDConfig, train_risd
+    from ..training.recipes import risd_kwargs
+    from ..training.risd import RISDConfig, train_risd
 
     cfg = RISDConfig(
-        **{**student_kwargs(b, data, out, seed), **_logging(b.sft_steps)},
-        teacher=str(teacher),
-        teacher_max_new_tokens=b.reasoning_tokens,
+        **{**risd_kwargs(b, data, out, teacher, seed), **_logging(b.sft_steps)},
         rebuild_cache=True,  # a rerun in the same folder retrains the teacher: never reuse its targets
     )
     return _run_record(train_risd(cfg), cfg)
@@ -286,11 +282,11 @@ EVALUATED: dict[str, tuple[str, bool]] = {
 
 def _scorer(model_dir: str, reasoning: bool, b: Any, seed: int) -> Any:
     if not reasoning:
-        from .scoring import Scorer
+        from ..scoring import Scorer
 
         return Scorer.from_pretrained(model_dir)
-    from .scoring import ReasoningScorer
-    from .training.common import load_model
+    from ..scoring import ReasoningScorer
+    from ..training.common import load_model
 
     model, processor = load_model(model_dir)
     return ReasoningScorer(
@@ -301,9 +297,9 @@ def _scorer(model_dir: str, reasoning: bool, b: Any, seed: int) -> Any:
 def evaluate_models(runs: dict[str, Any], b: Any, data: Path, out: Path, seed: int) -> dict[str, Any]:
     """Test-split metrics on ``b.dimension`` of each model in :data:`EVALUATED` (per-item scores and,
     with matplotlib, the student's plots under ``out``), and the teacher-vs-student scoring cost."""
-    from .bench.run_results import METRICS, scoring_cost
-    from .data import load_split
-    from .evaluation import evaluate, metrics_json, write_per_item, write_plots
+    from ..bench.run_results import METRICS, scoring_cost
+    from ..data import load_split
+    from ..evaluation import evaluate, metrics_json, write_per_item, write_plots
 
     records = [
         dataclasses.replace(
@@ -344,7 +340,7 @@ def evaluate_models(runs: dict[str, Any], b: Any, data: Path, out: Path, seed: i
 
 def export_student(student: Path, onnx_dir: Path) -> dict[str, Any]:
     """fp32 ONNX export of the student, validated in ONNX Runtime (raises on a mismatch)."""
-    from .export.onnx import OnnxExportConfig, export_onnx
+    from ..export.onnx import OnnxExportConfig, export_onnx
 
     meta = export_onnx(student, onnx_dir, OnnxExportConfig(dtype="fp32", overwrite=True))
     return {
@@ -358,7 +354,7 @@ def export_student(student: Path, onnx_dir: Path) -> dict[str, Any]:
 
 def run_parity(student: Path, data: Path, out: Path, settings: DemoSettings) -> dict[str, Any]:
     """``bench_parity`` of the fp32 export against torch on the test split (all exported dimensions)."""
-    from .bench.bench_parity import ParityBenchConfig, report
+    from ..bench.bench_parity import ParityBenchConfig, report
 
     cfg = ParityBenchConfig(
         model=str(student),
@@ -376,7 +372,7 @@ def run_parity(student: Path, data: Path, out: Path, settings: DemoSettings) -> 
 
 def run_latency(student: Path, out: Path, settings: DemoSettings, plot: bool) -> dict[str, Any]:
     """``bench_latency`` of torch and the fp32 export at the settings' batch sizes."""
-    from .bench.bench_latency import LatencyBenchConfig, report
+    from ..bench.bench_latency import LatencyBenchConfig, report
 
     cfg = LatencyBenchConfig(
         model=str(student),
@@ -397,8 +393,8 @@ def run_latency(student: Path, out: Path, settings: DemoSettings, plot: bool) ->
 def score_examples(onnx_dir: Path, out: Path, b: Any, seed: int) -> dict[str, Any]:
     """Draw one synthetic scene clean and with each :data:`EXAMPLE_DEFECTS` defect, save the PNGs under
     ``out`` and score them on ``b.dimension`` with the exported student (ONNX Runtime)."""
-    from .data.synth import SynthConfig, draw_prompt, ground_truth, render_image
-    from .scoring import load_scorer
+    from ..data.synth import SynthConfig, draw_prompt, ground_truth, render_image
+    from ..scoring import load_scorer
 
     spec = draw_prompt(np.random.default_rng([seed, 17]))
     out.mkdir(parents=True, exist_ok=True)
