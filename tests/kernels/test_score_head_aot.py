@@ -14,10 +14,12 @@ interpreted functions that cannot be compiled.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,9 @@ import json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from zreward_deploy.kernels import _score_head_triton as kt
+
+sys.path.insert(0, sys.argv[1])
+import aot_spec  # tests/kernels/aot_spec.py, the plugin's interface
 
 assert not kt.INTERPRETED, "TRITON_INTERPRET leaked into the AOT subprocess"
 target = GPUTarget("cuda", 90, 32)
@@ -67,9 +72,9 @@ def jit_signature(fn, ptr_types, constexprs):
 out = {"plugin": {}, "jit": {}}
 try:
     for dtype, aligned in (("fp16", True), ("bf16", True), ("fp32", True), ("bf16", False)):
-        signature, constexprs, attrs = kt.fwd_aot_spec(dtype, 5, aligned)
+        signature, constexprs, attrs = aot_spec.fwd_aot_spec(dtype, 5, aligned)
         out["plugin"][dtype + ("" if aligned else "_unaligned")] = describe(compile_(
-            kt._score_head_fwd_kernel, signature, constexprs, kt.FWD_AOT_NUM_WARPS, attrs))
+            kt._score_head_fwd_kernel, signature, constexprs, aot_spec.FWD_AOT_NUM_WARPS, attrs))
     common = {"BLOCK_H": 128, "HAS_IDS": True}
     fwd_c = dict(common, BLOCK_N=16, BLOCK_K=32, STORE_LOGPROBS=True, DOT_IEEE=False)
     ptrs = {"hidden_ptr": "*bf16", "weight_ptr": "*bf16", "ids_ptr": "*i64"}
@@ -88,6 +93,15 @@ print("AOT-RESULT " + json.dumps(out))
 """
 
 _PTX_TYPE = {"i32": "u32", "fp32": "f32"}
+HERE = Path(__file__).resolve().parent
+
+
+def _spec():
+    """tests/kernels/aot_spec.py (test modules are not importable by name under --import-mode=importlib)."""
+    module_spec = importlib.util.spec_from_file_location("aot_spec", HERE / "aot_spec.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +109,7 @@ def aot() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences Triton 3.9's notice; 1 is its default
     proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", _SCRIPT, str(HERE)], capture_output=True, text=True, env=env, timeout=600
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("AOT-RESULT ")]
     assert proc.returncode == 0 and lines, (
@@ -112,8 +126,7 @@ def aot() -> dict:
 
 @pytest.mark.parametrize("variant", ["fp16", "bf16", "fp32", "bf16_unaligned"])
 def test_plugin_forward_prototype(aot, variant):
-    from zreward_deploy.kernels import _score_head_triton as kt
-
+    kt = _spec()
     info = aot["plugin"][variant]
     dtype = variant.split("_")[0]
     assert info["name"] == info["entry"] == "_score_head_fwd_kernel"
@@ -134,8 +147,7 @@ def test_plugin_forward_prototype(aot, variant):
 
 
 def test_plugin_grid():
-    from zreward_deploy.kernels import _score_head_triton as kt
-
+    kt = _spec()
     assert kt.fwd_aot_grid(1) == (1, 1, 1)
     assert kt.fwd_aot_grid(kt.FWD_AOT_BLOCK_N + 1) == (2, 1, 1)
     with pytest.raises(ValueError, match="fp8"):
