@@ -16,7 +16,7 @@ from PIL import Image
 from zreward_deploy.cli import main
 from zreward_deploy.config import ScoreScale
 from zreward_deploy.data import DatasetError, Problem, load_split, read_dataset, validate_dataset
-from zreward_deploy.data import format as fmt
+from zreward_deploy.data import parse as fmt  # the line parser
 
 GOOD = {
     "id": "a",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .config import format_score
-from .data.format import Record, build_pairs
+from .data.records import Record, build_pairs
 from .errors import MissingDependencyError, UnknownDimensionError, ZRewardInputError
 from .metrics import (
     emd,

@@ -7,10 +7,18 @@ import sys
 import time
 from typing import TextIO
 
+from ..cliargs import ArgumentParser, dataclass_from_namespace, defer_dataclass_arguments
+
+
+def _synth_config() -> type:
+    from ..data.synth import SynthConfig
+
+    return SynthConfig
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("data", help="check or generate datasets (JSONL splits + images)")
-    commands = group.add_subparsers(dest="data_command", metavar="<data command>")
+    commands = group.add_subparsers(dest="data_command", metavar="<data command>", parser_class=ArgumentParser)
 
     check = commands.add_parser(
         "check", help="validate a dataset folder; prints every problem (file:line: field: reason)"
@@ -41,14 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth", help="write a procedurally generated dataset (shapes, defects, annotators)"
     )
     synth.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
-    synth.add_argument("--prompts", type=int, default=60, help="number of prompts (default 60)")
-    synth.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt (default 4)")
-    synth.add_argument("--annotators", type=int, default=5, help="simulated annotators per image (default 5)")
-    synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     synth.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty output folder (its content is deleted)"
     )
+    # --prompts, --images-per-prompt, --annotators, --image-size, --seed, --val-fraction, --test-fraction:
+    # the fields of SynthConfig, added when `data synth` is parsed (its module imports torch)
+    defer_dataclass_arguments(synth, _synth_config)
     synth.set_defaults(func=run_synth)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
 
@@ -91,7 +97,7 @@ def run_check(args: argparse.Namespace) -> int:
     """Print every problem and exit 1, or one summary line and exit 0; nothing a dataset file holds
     makes it raise (the validator turns each line's failures into problems on that line)."""
     from ..data import build_pairs, read_dataset
-    from ..data.format import _printable
+    from ..data.records import printable as _printable
     from ..errors import ZRewardInputError
 
     if args.deep and args.skip_images:
@@ -137,17 +143,11 @@ def run_check(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from ..data.synth import SynthConfig, generate_dataset
 
-    config = SynthConfig(
-        prompts=args.prompts,
-        images_per_prompt=args.images_per_prompt,
-        annotators=args.annotators,
-        image_size=args.image_size,
-        seed=args.seed,
-    )
+    config = dataclass_from_namespace(SynthConfig, args)
     start = time.perf_counter()
     counts = generate_dataset(args.out, config, overwrite=args.overwrite)
     took = time.perf_counter() - start
     total = sum(counts.values())
     split_text = ", ".join(f"{n} {split}" for split, n in counts.items())
-    print(f"wrote {total} images ({split_text}) to {args.out} in {took:.1f} s (seed {args.seed})")
+    print(f"wrote {total} images ({split_text}) to {args.out} in {took:.1f} s (seed {config.seed})")
     return 0

@@ -27,7 +27,7 @@ Truth per dimension = clip(5 − Σ penalties, 1, 5).
 Annotations: annotator a scores ``clip(round_half(truth + b_a + ε), 1, 5)`` with a fixed bias
 ``b_a ~ N(0, 0.2²)`` per annotator (written to ``synth.json``) and ``ε ~ N(0, σ_d²)``, σ_d from
 :data:`ANNOTATOR_NOISE`. ``scores`` = the trimmed mean of the annotations
-(:func:`~zreward_deploy.data.format.aggregate_annotations`) rounded to the nearest half point (halves
+(:func:`~zreward_deploy.data.records.aggregate_annotations`) rounded to the nearest half point (halves
 round up). The same seed gives byte-identical files.
 """
 
@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..config import Rubric
 from ..errors import ZRewardInputError
 from ..fileio import atomic_directory, check_output_dir
-from .format import SPLITS, aggregate_annotations
+from .records import SPLITS, aggregate_annotations
 
 DIMENSIONS: tuple[str, ...] = tuple(Rubric().names)  # the default rubric's four dimensions
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
@@ -109,15 +109,15 @@ _TABLE_TOP, _STAND = 0.62, 0.8  # table edge and where objects stand, as fractio
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Size and seed of a synthetic dataset."""
+    """Size and seed of a synthetic dataset; each field is a flag of ``zreward data synth``."""
 
     prompts: int = field(default=60, metadata={"help": "number of prompts (scenes)"})
     images_per_prompt: int = field(default=4, metadata={"help": "images per prompt (M >= 2 makes pairs)"})
     annotators: int = field(default=5, metadata={"help": "simulated annotators per image"})
     image_size: int = field(default=64, metadata={"help": "side of the square PNG images, pixels"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives identical bytes"})
-    val_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts in val.jsonl"})
-    test_fraction: float = field(default=0.15, metadata={"help": "fraction of prompts in test.jsonl"})
+    val_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in val.jsonl"})
+    test_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in test.jsonl"})
 
     def __post_init__(self) -> None:
         # field -> (valid?, the valid range in words); errors name the flag a user types
@@ -134,9 +134,9 @@ class SynthConfig:
             ),
         }
         for name, (ok, valid) in checks.items():
-            if not ok:  # the fractions have no flag (Python only): they keep their field name
-                where = name if name.endswith("fraction") else "--" + name.replace("_", "-")
-                raise ZRewardInputError(where, f"must be {valid}, got {getattr(self, name)!r}")
+            if not ok:  # every field is a flag of `zreward data synth` (zreward_deploy.cliargs)
+                flag = "--" + name.replace("_", "-")
+                raise ZRewardInputError(flag, f"must be {valid}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
