@@ -189,6 +189,32 @@ def write_triton_repository(
     src = Path(artefact_dir)
     meta = verify_export(src, allow_failed_validation=allow_failed_validation)
     platform, model_file, record = _artefact(src, meta)
+    buckets = _text_length_buckets(src, meta, record, cfg)
+    # a model repository holds one folder per model, each with its config.pbtxt
+    out = check_output_dir(out_dir, overwrite, protect=[src], marker=["*/config.pbtxt"])
+    model_rel = Path("model_repository", cfg.model_name)
+    target_rel = (
+        model_rel / str(cfg.model_version) / ("model.plan" if platform == "tensorrt_plan" else "model.onnx")
+    )
+    with atomic_directory(out) as tmp:
+        (tmp / target_rel).parent.mkdir(parents=True)
+        shutil.copyfile(model_file, tmp / target_rel)
+        (tmp / model_rel / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
+
+        _write_client(src, tmp / "client", meta, platform, cfg, buckets)
+    return {
+        "repository": out / "model_repository",
+        "config": out / model_rel / "config.pbtxt",
+        "model": out / target_rel,
+        "client": out / "client",
+    }
+
+
+def _text_length_buckets(
+    src: Path, meta: dict[str, Any], record: dict[str, Any] | None, cfg: TritonRepoConfig
+) -> tuple[int, ...]:
+    """The prompt-length buckets of the repository: a TensorRT engine's own (fixed by its profiles), else
+    the configured ones; the largest must hold the model's prompt limit."""
     if record is not None:
         try:
             build = TensorRTBuildConfig(**record["build_config"])
@@ -211,48 +237,43 @@ def write_triton_repository(
             "text_length_buckets",
             f"the largest bucket must hold {meta['max_prompt_tokens']} tokens (the prompt limit)",
         )
-    # a model repository holds one folder per model, each with its config.pbtxt
-    out = check_output_dir(out_dir, overwrite, protect=[src], marker=["*/config.pbtxt"])
+    return buckets
+
+
+def _write_client(
+    src: Path,
+    client: Path,
+    meta: dict[str, Any],
+    platform: str,
+    cfg: TritonRepoConfig,
+    buckets: tuple[int, ...],
+) -> None:
+    """The client folder: the tokenizer's files, the model's description and ``TRITON_CLIENT_FILE`` (what a
+    client needs to pad prompts into the repository's buckets and read the outputs)."""
     from zreward_deploy.processing import ZRewardProcessor
 
-    model_rel = Path("model_repository", cfg.model_name)
-    target_rel = (
-        model_rel / str(cfg.model_version) / ("model.plan" if platform == "tensorrt_plan" else "model.onnx")
-    )
-    with atomic_directory(out) as tmp:
-        (tmp / target_rel).parent.mkdir(parents=True)
-        shutil.copyfile(model_file, tmp / target_rel)
-        (tmp / model_rel / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
-
-        client = tmp / "client"
-        client.mkdir()
-        for path in src.iterdir():  # the tokenizer's files plus the model's own description
-            if path.is_file() and (
-                path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
-            ):
-                shutil.copyfile(path, client / path.name)
-        pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
-        (client / TRITON_CLIENT_FILE).write_text(
-            json.dumps(
-                {
-                    "model_name": cfg.model_name,
-                    "platform": platform,
-                    "text_length_buckets": list(buckets),
-                    "pad_token_id": pad_id,
-                    "inputs": meta["inputs"],
-                    "outputs": meta["outputs"],
-                    "dimensions": meta["dimensions"],
-                    "repository_config": {
-                        k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                    },
+    client.mkdir()
+    for path in src.iterdir():  # the tokenizer's files plus the model's own description
+        if path.is_file() and (
+            path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
+        ):
+            shutil.copyfile(path, client / path.name)
+    pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
+    (client / TRITON_CLIENT_FILE).write_text(
+        json.dumps(
+            {
+                "model_name": cfg.model_name,
+                "platform": platform,
+                "text_length_buckets": list(buckets),
+                "pad_token_id": pad_id,
+                "inputs": meta["inputs"],
+                "outputs": meta["outputs"],
+                "dimensions": meta["dimensions"],
+                "repository_config": {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                 },
-                indent=2,
-            )
-            + "\n"
+            },
+            indent=2,
         )
-    return {
-        "repository": out / "model_repository",
-        "config": out / model_rel / "config.pbtxt",
-        "model": out / target_rel,
-        "client": out / "client",
-    }
+        + "\n"
+    )

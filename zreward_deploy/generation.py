@@ -193,6 +193,36 @@ def generate_reasoning(
     prompt_ids = [processor.teacher_prompt_ids(p, dimension, item=i) for i, p in enumerate(prompts)]
     prompt_ids = [ids for ids in prompt_ids for _ in range(num_samples)]
 
+    sampled, mask, token_logprobs, finished = _sample_traces(
+        model, processor, pixel_values, prompt_ids, max_new_tokens, temperature, top_p, seed
+    )
+    _, scores = teacher_forward(model, processor, pixel_values, prompt_ids, sampled, mask, finished)
+    texts = [processor.tokenizer.decode(sampled[i, : int(mask[i].sum())]) for i in range(sampled.shape[0])]
+    return ReasoningOutput(
+        reasoning_ids=sampled.cpu(),
+        reasoning_mask=mask.cpu(),
+        logprobs=token_logprobs.cpu(),
+        finished=finished.cpu(),
+        texts=texts,
+        item_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
+        scores=scores,
+        prompt_ids=prompt_ids,
+    )
+
+
+def _sample_traces(
+    model: ZRewardModel,
+    processor: ZRewardProcessor,
+    pixel_values: torch.Tensor,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one trace per row -> ``(token ids [N, T], mask [N, T], log-probs at temperature 1 [N, T],
+    finished [N])``; a trace is valid up to and including its first stop token, padded after it."""
+    device = pixel_values.device
     embeds, attention_mask = _left_padded_inputs(model, processor, pixel_values, prompt_ids)
     stops = stop_token_ids(processor)
     pad_id = processor.tokenizer.pad_token_id
@@ -222,19 +252,7 @@ def generate_reasoning(
     finished = is_stop.any(1)
     token_logprobs = token_logprobs * mask
     sampled = sampled.masked_fill(mask == 0, pad_id)
-
-    _, scores = teacher_forward(model, processor, pixel_values, prompt_ids, sampled, mask, finished)
-    texts = [processor.tokenizer.decode(sampled[i, : int(mask[i].sum())]) for i in range(sampled.shape[0])]
-    return ReasoningOutput(
-        reasoning_ids=sampled.cpu(),
-        reasoning_mask=mask.cpu(),
-        logprobs=token_logprobs.cpu(),
-        finished=finished.cpu(),
-        texts=texts,
-        item_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
-        scores=scores,
-        prompt_ids=prompt_ids,
-    )
+    return sampled, mask, token_logprobs, finished
 
 
 def _left_padded_inputs(
