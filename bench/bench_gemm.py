@@ -155,12 +155,12 @@ COLUMNS = ("shape", "provider", "median_ms", "p95_ms", "gflops", "speedup_vs_tor
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_gemm.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dataclass_arguments(parser, GemmBenchConfig)
+    add_dataclass_arguments(parser, GemmBenchConfig, space_separated=True)
     try:
         config = dataclass_from_namespace(GemmBenchConfig, parser.parse_args(argv))
     except ValueError as err:

@@ -150,7 +150,7 @@ def make_inputs(processor: Any, batch: int, seed: int = 0) -> tuple[Any, Any, An
 def run(config: LatencyBenchConfig) -> list[dict[str, Any]]:
     """Time every backend at every batch size; one row per (backend, batch)."""
     from zreward_deploy.bench.common import torch_threads
-    from zreward_deploy.commands.args import check_device
+    from zreward_deploy.cliargs import check_device
 
     check_device(config.device)  # one line for CUDA on a CPU-only build, before building anything
     with torch_threads(config.threads):  # the benchmark's thread setting ends with it
@@ -397,12 +397,12 @@ def report(config: LatencyBenchConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dataclass_arguments(parser, LatencyBenchConfig)
+    add_dataclass_arguments(parser, LatencyBenchConfig, space_separated=True)
     try:
         config = dataclass_from_namespace(LatencyBenchConfig, parser.parse_args(argv))
     except ValueError as err:  # ZRewardInputError of a list flag included: one line, exit 2

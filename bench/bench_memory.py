@@ -106,12 +106,12 @@ COLUMNS = ("image", "file_kib", "count", "peak_growth_mib", "bytes_per_pixel_of_
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_memory.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dataclass_arguments(parser, MemoryBenchConfig)
+    add_dataclass_arguments(parser, MemoryBenchConfig, space_separated=True)
     try:
         config = dataclass_from_namespace(MemoryBenchConfig, parser.parse_args(argv))
     except ValueError as err:

@@ -120,12 +120,13 @@ def _run(config: MultiDimBenchConfig) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dataclass_arguments(parser, MultiDimBenchConfig)  # --batch-sizes 1,8 (or 1 8), as everywhere
+    # --batch-sizes 1,8 (or 1 8, as before)
+    add_dataclass_arguments(parser, MultiDimBenchConfig, space_separated=True)
     try:
         config = dataclass_from_namespace(MultiDimBenchConfig, parser.parse_args(argv))
     except ValueError as err:

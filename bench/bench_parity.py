@@ -155,7 +155,7 @@ def parity_row(reference: Any, other: Any) -> dict[str, Any]:
 def run(config: ParityBenchConfig) -> list[dict[str, Any]]:
     """Score the split with torch and every variant; one row per variant."""
     from zreward_deploy.bench.common import torch_threads
-    from zreward_deploy.commands.args import check_device
+    from zreward_deploy.cliargs import check_device
 
     check_device(config.device)  # one line for CUDA on a CPU-only build, before building anything
     with torch_threads(config.threads):  # the benchmark's thread setting ends with it
@@ -244,12 +244,12 @@ def report(config: ParityBenchConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dataclass_arguments(parser, ParityBenchConfig)
+    add_dataclass_arguments(parser, ParityBenchConfig, space_separated=True)
     try:
         config = dataclass_from_namespace(ParityBenchConfig, parser.parse_args(argv))
     except ValueError as err:  # ZRewardInputError of a list flag included: one line, exit 2

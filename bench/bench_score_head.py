@@ -37,7 +37,6 @@ Run: ``python bench/bench_score_head.py --out runs/bench_score_head [--device cu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -109,7 +108,7 @@ class ScoreHeadBenchConfig:
     )
     compile_backend: str = field(default="inductor", metadata=_help("torch.compile backend for provider c"))
     peak_gbps: float | None = field(
-        default=None, metadata=_help("HBM peak for the %% column; default from the GPU name (H100, H200)")
+        default=None, metadata=_help("HBM peak for the % column; default from the GPU name (H100, H200)")
     )
     seed: int = field(default=0, metadata=_help("random seed of the inputs"))
 
@@ -376,32 +375,21 @@ def markdown(rows: Sequence[dict[str, Any]], cfg: ScoreHeadBenchConfig, command:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every field of :class:`ScoreHeadBenchConfig` as a flag (``zreward_deploy.cliargs``)."""
+    from zreward_deploy.cliargs import add_dataclass_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for f in dataclasses.fields(ScoreHeadBenchConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if kind == "bool":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
-            )
-        elif kind.startswith("tuple"):  # list flags: 1,16,256 (or 1 16 256); parsed in main
-            text = f.metadata["help"] + "; comma-separated"
-            parser.add_argument(flag, nargs="+", type=str, default=None, metavar="LIST", help=text)
-        else:
-            cast = {"int | None": int, "float | None": float, "float": float, "int": int}.get(kind, str)
-            parser.add_argument(flag, type=cast, default=None, help=f.metadata["help"])
+    add_dataclass_arguments(parser, ScoreHeadBenchConfig, space_separated=True)  # --ns 1,16 (or 1 16)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_score_head.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    from zreward_deploy.commands.bench import list_flag_values
+    from zreward_deploy.cliargs import dataclass_from_namespace
 
     parser = _parser()
-    args = vars(parser.parse_args(argv))
     try:
-        given = list_flag_values(ScoreHeadBenchConfig, {k: v for k, v in args.items() if v is not None})
-        cfg = ScoreHeadBenchConfig(**given)
+        cfg = dataclass_from_namespace(ScoreHeadBenchConfig, parser.parse_args(argv))
     except ValueError as err:  # a bad list entry or value, CUDA asked of a CPU-only build: one line
         parser.error(str(err))
     rows = run(cfg)

@@ -88,13 +88,19 @@ class OnnxValidationError(RuntimeError):
 class OnnxExportConfig:
     """Settings of one ONNX export (``zreward export onnx``)."""
 
-    dtype: str = field(default="fp32", metadata={"help": "fp32 or fp16 (outputs stay fp32 in both)"})
+    dtype: str = field(
+        default="fp32", metadata={"help": "graph dtype (the outputs are fp32 in both)", "choices": DTYPES}
+    )
     dimensions: tuple[str, ...] | None = field(
         default=None, metadata={"help": "rubric dimensions to bake into the graph, in order (default: all)"}
     )
-    opset: int = field(default=OPSET, metadata={"help": f"ONNX opset (default {OPSET})"})
-    trace_batch_size: int = field(default=2, metadata={"help": "batch size of the dummy trace inputs"})
-    trace_sequence_length: int = field(default=16, metadata={"help": "text length of the dummy trace inputs"})
+    opset: int = field(default=OPSET, metadata={"help": f"ONNX opset, {OPSET_RANGE[0]} to {OPSET_RANGE[1]}"})
+    trace_batch_size: int = field(
+        default=2, metadata={"help": "batch size of the dummy inputs the graph is traced with (>= 1)"}
+    )
+    trace_sequence_length: int = field(
+        default=16, metadata={"help": "text length of the dummy inputs the graph is traced with (>= 2)"}
+    )
     atol: float | None = field(
         default=None,
         metadata={
@@ -102,7 +108,12 @@ class OnnxExportConfig:
             "get atol times the score range)"
         },
     )
-    validate: bool = field(default=True, metadata={"help": "validate in ONNX Runtime at untraced shapes"})
+    validate: bool = field(
+        default=True,
+        metadata={
+            "help": "compare the graph with the torch model in ONNX Runtime at shapes the trace never saw"
+        },
+    )
     overwrite: bool = field(
         default=False, metadata={"help": "replace a non-empty output folder (atomically, once written)"}
     )

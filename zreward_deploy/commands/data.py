@@ -18,7 +18,9 @@ def _synth_config() -> type:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("data", help="check or generate datasets (JSONL splits + images)")
-    commands = group.add_subparsers(dest="data_command", metavar="<data command>", parser_class=ArgumentParser)
+    commands = group.add_subparsers(
+        dest="data_command", metavar="<data command>", parser_class=ArgumentParser
+    )
 
     check = commands.add_parser(
         "check", help="validate a dataset folder; prints every problem (file:line: field: reason)"

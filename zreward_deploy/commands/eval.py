@@ -38,11 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import sys
 
+    from ..cliargs import check_device, parse_list
     from ..data import load_split
     from ..errors import ZRewardInputError
     from ..evaluation import evaluate, format_table, metrics_json, write_per_item, write_plots
     from ..scoring import load_scorer
-    from .args import check_device, parse_list
 
     if args.batch_size < 1:
         raise ZRewardInputError("--batch-size", f"must be >= 1, got {args.batch_size}")

@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cliargs import check_device, parse_list
     from ..errors import ZRewardInputError
     from ..scoring import load_scorer
-    from .args import check_device, parse_list
 
     dims = parse_list(args.dimensions, "--dimensions")
     check_device(args.device)

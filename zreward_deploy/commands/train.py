@@ -2,7 +2,8 @@
 
 The config is the trainer's dataclass: defaults, overridden by ``--config FILE`` (YAML), overridden by
 ``key=value`` (values parsed as YAML). Unknown keys are errors. ``--help-config`` lists every field with
-its default and help; ``--print-config`` prints the resolved config and exits. Multi-process:
+its default and help (:func:`zreward_deploy.cliargs.format_fields`, beside the flags of every other
+command); ``--print-config`` prints the resolved config and exits. Multi-process:
 ``accelerate launch --multi_gpu --num_processes 2 -m zreward_deploy.cli train sft ...`` (two gloo processes
 on a machine without GPUs; ``--cpu --num_processes 2`` starts only one) or ``torchrun --nproc_per_node 2
 -m zreward_deploy.cli train sft ...``; docs/training.md §5 has the GPU and multi-node commands.
@@ -27,6 +28,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
+from ..cliargs import check_device, format_fields
 
 # method -> (module, config class, train function); imported only when the command runs
 TRAINERS: dict[str, tuple[str, str, str]] = {
@@ -84,16 +87,6 @@ def load_trainer(method: str) -> tuple[type, object]:
     return getattr(module, config_name), getattr(module, fn_name)
 
 
-def format_config_help(config_cls: type) -> str:
-    import dataclasses
-
-    lines = [f"{config_cls.method} config fields (name: type = default -- help):"]
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        lines.append(f"  {f.name}: {f.type} = {default!r}\n      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
 class _TrainingFormatter(logging.Formatter):
     """Warnings as ``zreward: warning: message`` (in the style of the CLI's ``zreward: error: ...``);
     information (progress lines off a terminal, the resume line) as the message alone."""
@@ -125,15 +118,13 @@ def show_training_messages() -> None:
 def run_train(args: argparse.Namespace) -> int:
     config_cls, train = load_trainer(args.method)
     if args.help_config:
-        print(format_config_help(config_cls))
+        print(format_fields(config_cls, f"{config_cls.method} config fields"))
         return 0
     flags = [
         *(["overwrite=true"] if args.overwrite else []),
         *([f"device={args.device}"] if args.device else []),
     ]
     if args.device and args.device != "auto":
-        from .args import check_device
-
         check_device(args.device)  # `--device cuda` on a CPU-only PyTorch: one line naming the flag
     cfg = config_cls.from_sources(args.config, [*args.overrides, *flags])
     if args.print_config:
