@@ -108,7 +108,7 @@ def _scorer(run: dict[str, Any], b: Budget, seed: int = 0) -> Any:
     from zreward_deploy.scoring import ReasoningScorer, Scorer
 
     if run["reasoning"]:
-        from zreward_deploy.training.common import load_model
+        from zreward_deploy.training.models import load_model
 
         model, processor = load_model(run["dir"])
         return ReasoningScorer(

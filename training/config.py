@@ -40,7 +40,7 @@ class ConfigError(ZRewardInputError):
 class NonFiniteLossError(ZRewardInputError):
     """A run stopped because its loss, its gradient norm or its weights became NaN or infinite.
 
-    Raised by the shared loop (:meth:`~.common.TrainLoop.update`) on every process at the same step,
+    Raised by the shared loop (:meth:`~.loop.TrainLoop.update`) on every process at the same step,
     before the optimizer applies the update, so nothing non-finite reaches a checkpoint or the final model.
     ``item`` is the method; the message names the step, the value and the last good checkpoint.
     """
@@ -78,12 +78,6 @@ def require_at_least(cfg: Any, minimum: float, *names: str) -> None:
 def require_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ConfigError(name, f"must be one of {tuple(choices)}, got {value!r}")
-
-
-def require_sampling(temperature: float, top_p: float, name: str = "temperature/top_p") -> None:
-    """Sampling settings of a reasoning trace: temperature > 0 and 0 < top_p <= 1."""
-    if not temperature > 0 or not 0 < top_p <= 1:
-        raise ConfigError(name, f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
 
 
 LABEL_SOURCES = ("scores", "annotations", "auto")
@@ -255,11 +249,6 @@ class TrainConfig:
         import yaml
 
         return yaml.safe_dump({"method": self.method, **self.to_dict()}, sort_keys=False)
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """Field name -> help text (for ``--help-config`` and the docs)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_sources(

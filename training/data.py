@@ -17,7 +17,7 @@ set is a few hundred 64-px images); a large real dataset would stream instead.
 Decoding everything up front is also what makes one bad file cost one item instead of the run: an image
 that ``zreward data check`` accepts (its header is fine) may still fail to decode (truncated pixel data).
 Such a record is left out before pairs or items are built, and listed in :attr:`ImageCache.skipped`; the
-training loop logs and counts it (:meth:`~.common.TrainLoop.start`). Every view (and the RISD teacher
+training loop logs and counts it (:meth:`~.loop.TrainLoop.start`). Every view (and the RISD teacher
 cache, which takes the cache's records) goes through :class:`ImageCache`, so every trainer behaves alike.
 """
 

@@ -37,33 +37,24 @@ from typing import Any, ClassVar
 import torch
 
 from zreward_deploy.data import load_split
+from zreward_deploy.generation import derive_seed
 
-from .common import (
-    TrainLoop,
-    TrainResult,
-    derive_seed,
-    evaluate_during_training,
-    frozen_copy,
-    load_model,
-    start_run,
-)
-from .config import (
-    LABEL_SOURCES,
-    ConfigError,
-    TrainConfig,
-    help_text,
-    require_at_least,
-    require_one_of,
-    require_sampling,
-)
+from .config import LABEL_SOURCES, ConfigError, help_text, require_at_least, require_one_of
 from .data import PairData, resolve_dimensions
+from .evaluate import evaluate_during_training
+from .loop import TrainLoop
 from .losses import NORMALIZATIONS, gdso_loss, pointwise_reward, policy_gradient_loss
-from .rollouts import PairRollout, SamplingConfig, frozen_pass, policy_logprobs, sample_pair_rollouts
+from .models import frozen_copy, load_model
+from .rollouts import PairRollout, frozen_pass, policy_logprobs, sample_pair_rollouts
+from .run import TrainResult, start_run
+from .sampling import RolloutConfig
 
 
 @dataclass
-class GDSOConfig(TrainConfig):
-    """GDSO (Algorithm 1). ``batch_size`` counts pairs; each pair costs 2·G traces."""
+class GDSOConfig(RolloutConfig):
+    """GDSO (Algorithm 1). ``batch_size`` counts pairs; each pair costs 2·G traces. The sampling fields
+    (``max_new_tokens``, ``temperature``, ``top_p``, ``include_score_token``, ``eval_samples``) are
+    :class:`~.sampling.RolloutConfig`'s."""
 
     method: ClassVar[str] = "gdso"
 
@@ -100,16 +91,6 @@ class GDSOConfig(TrainConfig):
         ),
     )
     advantage_eps: float = field(default=1e-4, metadata=help_text("ε added to the group std of the rewards"))
-    max_new_tokens: int = field(default=32, metadata=help_text("longest reasoning trace sampled (tokens)"))
-    temperature: float = field(default=1.0, metadata=help_text("sampling temperature of the reasoning"))
-    top_p: float = field(default=1.0, metadata=help_text("nucleus sampling threshold of the reasoning"))
-    include_score_token: bool = field(
-        default=False,
-        metadata=help_text(
-            "also put a score token sampled from q into the policy-gradient term (by default only the "
-            "reasoning tokens are policy tokens: the reward depends on q, not on a sampled digit)"
-        ),
-    )
     label_source: str = field(
         default="scores", metadata=help_text("which human score is the label (scores, annotations or auto)")
     )
@@ -123,19 +104,12 @@ class GDSOConfig(TrainConfig):
             "depend on the number of processes when each process's share of the batch is a multiple of it"
         ),
     )
-    eval_samples: int = field(
-        default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
-    )
-    changeable_on_resume: ClassVar[tuple[str, ...]] = (*TrainConfig.changeable_on_resume, "eval_samples")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.data:
             raise ConfigError("data", "is required (a dataset folder)")
-        require_at_least(
-            self, 1, "group_size", "inner_updates", "steps_per_iteration", "max_new_tokens", "eval_samples",
-            "rollout_chunk",
-        )  # fmt: skip
+        require_at_least(self, 1, "group_size", "inner_updates", "steps_per_iteration", "rollout_chunk")
         require_at_least(
             self,
             0,
@@ -151,12 +125,7 @@ class GDSOConfig(TrainConfig):
         if not self.advantage_eps > 0:
             raise ConfigError("advantage_eps", f"must be > 0, got {self.advantage_eps}")
         require_one_of("normalization", self.normalization, NORMALIZATIONS)
-        require_sampling(self.temperature, self.top_p)
         require_one_of("label_source", self.label_source, LABEL_SOURCES)
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_p, self.include_score_token)
 
 
 def train_gdso(cfg: GDSOConfig) -> TrainResult:
@@ -185,31 +154,13 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
     def policy_pass(**inputs: Any) -> Any:
         return loop.wrapped("teacher", **inputs)
 
-    sampling = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
     with loop.progress() as bar:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             if ref is not None and loop.step % cfg.steps_per_iteration == 0:
                 ref.load_state_dict(model.state_dict())  # π_ref ← π_θ (Algorithm 1, outer loop)
             global_batch = loop.sampler.next_batch()
-            local = run.local(global_batch)
-            offset = run.local_offset(global_batch)
-            # π_old = π_θ now: sample with the current weights, no copy needed
-            pairs = sample_pair_rollouts(
-                model,
-                processor,
-                data.batch(local),
-                cfg.group_size,
-                cfg.sampling,
-                chunk_size=cfg.rollout_chunk,
-                chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
-                    cfg.seed, "rollout", s, o + start, dim
-                ),
-                score_range=scale.range,
-                lambda_pt=cfg.lambda_pt,
-                lambda_pw=cfg.lambda_pw,
-                advantage_eps=cfg.advantage_eps,
-            )
+            pairs = _sample_pairs(loop, cfg, data, global_batch, scale.range)
             sampled = time.perf_counter()
             ref_logp = None
             if ref is not None:
@@ -229,10 +180,37 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
                     sample_time_frac=(sampled - started) / elapsed,
                 )
                 if loop.eval_due:
-                    row.update(evaluate_during_training(run, model, processor, dims, True, sampling))
+                    row.update(
+                        evaluate_during_training(run, model, processor, dims, True, cfg.eval_reasoning)
+                    )
                 loop.log(row, bar, "loss", "reward_mean")
             loop.end_step(bar)
-    return loop.finish(dims, reasoning=True, reasoning_kwargs=sampling)
+    return loop.finish(dims, reasoning=True, reasoning_kwargs=cfg.eval_reasoning)
+
+
+def _sample_pairs(
+    loop: TrainLoop, cfg: GDSOConfig, data: PairData, global_batch: list[int], score_range: float
+) -> PairRollout:
+    """This process's share of ``global_batch``: G traces per side of each pair, sampled from π_old = π_θ
+    (the current weights, no copy needed), with their rewards and advantages. Each chunk's seed derives
+    from the step and the chunk's place in the global batch, not from the process."""
+    run = loop.run
+    offset = run.local_offset(global_batch)
+    return sample_pair_rollouts(
+        loop.model,
+        loop.processor,
+        data.batch(run.local(global_batch)),
+        cfg.group_size,
+        cfg,
+        chunk_size=cfg.rollout_chunk,
+        chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
+            cfg.seed, "rollout", s, o + start, dim
+        ),
+        score_range=score_range,
+        lambda_pt=cfg.lambda_pt,
+        lambda_pw=cfg.lambda_pw,
+        advantage_eps=cfg.advantage_eps,
+    )
 
 
 def _inner_updates(

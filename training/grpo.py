@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .common import TrainResult
 from .config import ConfigError
 from .gdso import GDSOConfig, train_gdso
+from .run import TrainResult
 
 
 @dataclass

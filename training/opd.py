@@ -23,24 +23,21 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from zreward_deploy.data import load_split
+from zreward_deploy.generation import derive_seed
 
-from .common import (
-    TrainLoop,
-    TrainResult,
-    derive_seed,
-    evaluate_during_training,
-    frozen_copy,
-    load_model,
-    start_run,
-)
-from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
+from .config import ConfigError, help_text, require_at_least
 from .data import ItemData, resolve_dimensions
+from .evaluate import evaluate_during_training
+from .loop import TrainLoop
 from .losses import opd_advantages, opd_loss
-from .rollouts import SamplingConfig, frozen_pass, policy_logprobs, sample_item_rollouts
+from .models import frozen_copy, load_model
+from .rollouts import Rollout, frozen_pass, policy_logprobs, sample_item_rollouts
+from .run import TrainResult, start_run
+from .sampling import RolloutConfig, sampling_field
 
 
 @dataclass
-class OPDConfig(TrainConfig):
+class OPDConfig(RolloutConfig):
     """OPD: the student samples, the teacher grades every token, reverse-KL policy gradient."""
 
     method: ClassVar[str] = "opd"
@@ -49,9 +46,10 @@ class OPDConfig(TrainConfig):
         default="", metadata=help_text("teacher model directory (required), e.g. a GDSO run's model/")
     )
     learning_rate: float = field(default=3e-4, metadata=help_text("peak AdamW learning rate"))
-    max_new_tokens: int = field(default=32, metadata=help_text("longest student reasoning trace (tokens)"))
-    temperature: float = field(default=1.0, metadata=help_text("student sampling temperature"))
-    top_p: float = field(default=1.0, metadata=help_text("student nucleus sampling threshold"))
+    # RolloutConfig's sampling fields, with help that names who samples (the student)
+    max_new_tokens: int = sampling_field("max_new_tokens", "longest student reasoning trace (tokens)")
+    temperature: float = sampling_field("temperature", "student sampling temperature")
+    top_p: float = sampling_field("top_p", "student nucleus sampling threshold")
     include_score_token: bool = field(
         default=True,
         metadata=help_text(
@@ -65,10 +63,6 @@ class OPDConfig(TrainConfig):
             "process's share of the batch is a multiple of it"
         ),
     )
-    eval_samples: int = field(
-        default=1, metadata=help_text("reasoning traces averaged per item when evaluating")
-    )
-    changeable_on_resume: ClassVar[tuple[str, ...]] = (*TrainConfig.changeable_on_resume, "eval_samples")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,8 +70,7 @@ class OPDConfig(TrainConfig):
             raise ConfigError("data", "is required (a dataset folder; its labels are not used)")
         if not self.teacher:
             raise ConfigError("teacher", "is required (the teacher model directory)")
-        require_at_least(self, 1, "max_new_tokens", "rollout_chunk", "eval_samples")
-        require_sampling(self.temperature, self.top_p)
+        require_at_least(self, 1, "rollout_chunk")
 
 
 def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> None:
@@ -85,6 +78,22 @@ def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> N
         raise ConfigError("teacher", "OPD needs the teacher to share the student's tokenizer")
     if student.config.get_score_scale() != teacher.config.get_score_scale():
         raise ConfigError("teacher", "OPD needs the teacher to share the student's score scale")
+
+
+def _sample_student(loop: TrainLoop, cfg: OPDConfig, data: ItemData, global_batch: list[int]) -> Rollout:
+    """One student trace (and score token) per item of this process's share of ``global_batch``, sampled
+    with the current weights. Each chunk's seed derives from the step and the chunk's place in the global
+    batch, not from the process."""
+    run = loop.run
+    offset = run.local_offset(global_batch)
+    return sample_item_rollouts(
+        loop.model,
+        loop.processor,
+        data.batch(run.local(global_batch)),
+        cfg,
+        chunk_size=cfg.rollout_chunk,
+        chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(cfg.seed, "opd", s, o + start, dim),
+    )
 
 
 def train_opd(cfg: OPDConfig) -> TrainResult:
@@ -105,8 +114,6 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
         run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images,
         trained_dimensions=data.trained_dimensions,
     )  # fmt: skip
-    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.include_score_token)
-    eval_kw = {"num_samples": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens}
     teacher_pass = frozen_pass(teacher, t_proc)
 
     def student_pass(**inputs: Any) -> Any:
@@ -116,18 +123,7 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             global_batch = loop.sampler.next_batch()
-            local = run.local(global_batch)
-            offset = run.local_offset(global_batch)
-            rollout = sample_item_rollouts(
-                model,
-                processor,
-                data.batch(local),
-                sampling,
-                chunk_size=cfg.rollout_chunk,
-                chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
-                    cfg.seed, "opd", s, o + start, dim
-                ),
-            )
+            rollout = _sample_student(loop, cfg, data, global_batch)
             mask = rollout.policy_mask.to(run.device)
             teacher_logp, _, teacher_mu = policy_logprobs(teacher_pass, rollout, run.device, t_proc)
             student_logp, _, student_mu = policy_logprobs(student_pass, rollout, run.device)
@@ -153,7 +149,9 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
                 row.update(lr=lr, grad_norm=grad_norm, tokens_per_s=float(tokens) / elapsed,
                            items_per_s=len(global_batch) / elapsed)  # fmt: skip
                 if loop.eval_due:
-                    row.update(evaluate_during_training(run, model, processor, dims, True, eval_kw))
+                    row.update(
+                        evaluate_during_training(run, model, processor, dims, True, cfg.eval_reasoning)
+                    )
                 loop.log(row, bar, "loss")
             loop.end_step(bar)
-    return loop.finish(dims, reasoning=True, reasoning_kwargs=eval_kw)
+    return loop.finish(dims, reasoning=True, reasoning_kwargs=cfg.eval_reasoning)

@@ -9,7 +9,7 @@
    matches.
 2. **Student.** The one-pass student (all dimensions at once, no reasoning) minimises the forward
    ``KL(q_T ‖ q_φ)`` averaged over the (item, dimension) entries (:func:`~.losses.forward_kl_loss`), in
-   the same loop as SFT (:func:`~.sft.run_student_loop`). No CE to labels, no temperature (the paper
+   the same loop as SFT (:func:`~.student_loop.run_student_loop`). No CE to labels, no temperature (the paper
    names neither).
 
 The cache is built by the main process only (the others wait for it), generation seeded per
@@ -30,11 +30,13 @@ from zreward_deploy.data import Record, load_split
 from zreward_deploy.fileio import atomic_write_text
 from zreward_deploy.generation import derive_seed, generate_reasoning
 
-from .common import Run, TrainResult, load_model, start_run
-from .config import ConfigError, TrainConfig, help_text, require_at_least, require_sampling
+from .config import ConfigError, TrainConfig, help_text, require_at_least
 from .data import ImageCache, StudentBatch, StudentData, resolve_dimensions
 from .losses import forward_kl_loss
-from .sft import run_student_loop
+from .models import load_model
+from .run import Run, TrainResult, start_run
+from .sampling import check_sampling, sampling_field
+from .student_loop import run_student_loop
 
 CACHE_FILE = "teacher_targets.jsonl"
 
@@ -52,11 +54,10 @@ class RISDConfig(TrainConfig):
         default=1,
         metadata=help_text("n: reasoning traces per (item, dimension) whose q_T are averaged (paper: 1)"),
     )
-    teacher_max_new_tokens: int = field(
-        default=32, metadata=help_text("longest teacher reasoning trace (tokens)")
-    )
-    teacher_temperature: float = field(default=1.0, metadata=help_text("teacher sampling temperature"))
-    teacher_top_p: float = field(default=1.0, metadata=help_text("teacher nucleus sampling threshold"))
+    # the frozen teacher's sampling settings (defaults and checks: training/sampling.py)
+    teacher_max_new_tokens: int = sampling_field("max_new_tokens", "longest teacher reasoning trace (tokens)")
+    teacher_temperature: float = sampling_field("temperature", "teacher sampling temperature")
+    teacher_top_p: float = sampling_field("top_p", "teacher nucleus sampling threshold")
     teacher_batch_size: int = field(
         default=32, metadata=help_text("items per teacher generate call (cache build)")
     )
@@ -76,8 +77,8 @@ class RISDConfig(TrainConfig):
             raise ConfigError("data", "is required (a dataset folder; its labels are not used)")
         if not self.teacher:
             raise ConfigError("teacher", "is required (the teacher model directory)")
-        require_at_least(self, 1, "teacher_samples", "teacher_max_new_tokens", "teacher_batch_size")
-        require_sampling(self.teacher_temperature, self.teacher_top_p, "teacher_temperature/top_p")
+        require_at_least(self, 1, "teacher_samples", "teacher_batch_size")
+        check_sampling(self, prefix="teacher_")
 
     @property
     def cache_path(self) -> Path:
@@ -210,8 +211,8 @@ def prepare_targets(
 
 
 def make_risd_loss(values: Sequence[float]) -> Any:
-    """The RISD :data:`~.sft.StudentLoss`: summed forward KL over the local entries, and (for the log)
-    the mean |μ_student − μ_teacher|; ``values`` are the K score values."""
+    """The RISD :data:`~.student_loop.StudentLoss`: summed forward KL over the local entries, and (for the
+    log) the mean |μ_student − μ_teacher|; ``values`` are the K score values."""
     v = torch.tensor(list(values), dtype=torch.float32)
 
     def loss(out: Any, batch: StudentBatch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -42,18 +42,9 @@ from zreward_deploy.processing import ZRewardProcessor
 
 from .data import ItemBatch, PairBatch
 from .losses import gdso_rewards, group_advantages
+from .sampling import SamplingConfig
 
 TeacherPass = Callable[..., tuple[torch.Tensor, ZRewardOutput]]
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How traces are sampled (the fields of the same names in the trainer configs)."""
-
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    include_score_token: bool = False
 
 
 @dataclass
@@ -144,46 +135,22 @@ def sample_groups(
     Returns:
         A :class:`Rollout` whose rows are ``(group, image, sample)`` in order.
     """
-    device = next(model.parameters()).device
     per_group: list[dict[str, Any]] = [{} for _ in groups]
     for start in range(0, len(groups), chunk_size):
         chunk = list(range(start, min(start + chunk_size, len(groups))))
         for dimension in dict.fromkeys(groups[g][2] for g in chunk):
             members = [g for g in chunk if groups[g][2] == dimension]
-            images = torch.cat([groups[g][0] for g in members])
-            prompts = [groups[g][1] for g in members for _ in range(groups[g][0].shape[0])]
-            seed = chunk_seed(start, dimension)
-            out = generate_reasoning(
+            traces = _sample_dimension(
                 model,
                 processor,
-                images.to(device),
-                prompts,
+                [groups[g] for g in members],
                 dimension,
-                num_samples=num_samples,
-                max_new_tokens=sampling.max_new_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                seed=seed,
+                num_samples,
+                sampling,
+                seed=chunk_seed(start, dimension),
             )
-            score_index = None
-            if sampling.include_score_token:
-                g = torch.Generator().manual_seed(derive_seed(seed, "score-token"))
-                score_index = torch.multinomial(out.probs.detach().cpu().double(), 1, generator=g).squeeze(1)
-            row = 0
-            for g in members:  # rows of a call are (image, sample) in order: split them back by group
-                n = groups[g][0].shape[0] * num_samples
-                rows = slice(row, row + n)
-                per_group[g] = {
-                    "ids": out.reasoning_ids[rows],
-                    "mask": out.reasoning_mask[rows],
-                    "finished": out.finished[rows],
-                    "probs": out.probs[rows].detach().cpu(),
-                    "mu": out.mean[rows].detach().cpu(),
-                    "prompt_ids": out.prompt_ids[rows],
-                    "texts": out.texts[rows],
-                    "score_index": None if score_index is None else score_index[rows],
-                }
-                row += n
+            for g, group_traces in zip(members, traces, strict=True):
+                per_group[g] = group_traces
     width = max(p["ids"].shape[1] for p in per_group)
     pad_id = processor.tokenizer.pad_token_id
 
@@ -205,6 +172,57 @@ def sample_groups(
         else torch.cat([p["score_index"] for p in per_group]),
         texts=[t for p in per_group for t in p["texts"]],
     )
+
+
+def _sample_dimension(
+    model: ZRewardModel,
+    processor: ZRewardProcessor,
+    groups: Sequence[Group],
+    dimension: str,
+    num_samples: int,
+    sampling: SamplingConfig,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One ``generate_reasoning`` call for ``groups`` of one dimension, seeded with ``seed`` (and the
+    score tokens, when sampled, from a generator derived from it). Returns each group's traces (its
+    images' rows, ``(image, sample)`` in order): ids, mask, finished, score distributions, μ, prompt ids,
+    texts and score-token indices (``None`` unless ``sampling.include_score_token``)."""
+    device = next(model.parameters()).device
+    images = torch.cat([imgs for imgs, _, _ in groups])
+    prompts = [prompt for imgs, prompt, _ in groups for _ in range(imgs.shape[0])]
+    out = generate_reasoning(
+        model,
+        processor,
+        images.to(device),
+        prompts,
+        dimension,
+        num_samples=num_samples,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+    )
+    score_index = None
+    if sampling.include_score_token:
+        g = torch.Generator().manual_seed(derive_seed(seed, "score-token"))
+        score_index = torch.multinomial(out.probs.detach().cpu().double(), 1, generator=g).squeeze(1)
+    traces, row = [], 0
+    for imgs, _, _ in groups:  # rows of a call are (image, sample) in order: split them back by group
+        rows = slice(row, row + imgs.shape[0] * num_samples)
+        traces.append(
+            {
+                "ids": out.reasoning_ids[rows],
+                "mask": out.reasoning_mask[rows],
+                "finished": out.finished[rows],
+                "probs": out.probs[rows].detach().cpu(),
+                "mu": out.mean[rows].detach().cpu(),
+                "prompt_ids": out.prompt_ids[rows],
+                "texts": out.texts[rows],
+                "score_index": None if score_index is None else score_index[rows],
+            }
+        )
+        row = rows.stop
+    return traces
 
 
 def policy_logprobs(

@@ -8,35 +8,25 @@ batch; unlabelled entries are masked. The same trainer makes the SFT *student* a
 baseline* (the paper's "SFT" rows: the teacher-sized model fine-tuned without reasoning); only
 ``model`` differs.
 
-:func:`run_student_loop` is the loop RISD shares (a different target and loss, same layout).
+:func:`~.student_loop.run_student_loop` is the loop, shared with RISD (a different target and loss, same
+layout).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from zreward_deploy.modeling import ZRewardModel, ZRewardOutput
-from zreward_deploy.processing import ZRewardProcessor
+from zreward_deploy.modeling import ZRewardOutput
 
-from .common import (
-    Run,
-    TrainLoop,
-    TrainResult,
-    evaluate_during_training,
-    load_model,
-    start_run,
-)
 from .config import LABEL_SOURCES, ConfigError, TrainConfig, require_one_of
 from .data import StudentBatch, StudentData, resolve_dimensions
 from .losses import soft_cross_entropy_loss
-
-# (out, batch) -> (sum of the per-entry loss over this process's labelled entries, scalar logs)
-StudentLoss = Callable[[ZRewardOutput, StudentBatch], tuple[torch.Tensor, dict[str, float]]]
+from .models import load_model
+from .run import TrainResult, start_run
+from .student_loop import run_student_loop
 
 
 @dataclass
@@ -84,64 +74,3 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
     dims = resolve_dimensions(processor, records, cfg.dimensions)
     data = StudentData(records, processor, dims, label_source=cfg.label_source)
     return run_student_loop(run, model, processor, data, _sft_loss, loss_name="ce")
-
-
-def run_student_loop(
-    run: Run,
-    model: ZRewardModel,
-    processor: ZRewardProcessor,
-    data: StudentData,
-    loss_fn: StudentLoss,
-    loss_name: str,
-) -> TrainResult:
-    """The student training loop (SFT and RISD): one-pass scoring of all dimensions, a masked loss
-    averaged over the labelled entries of the *global* batch, AdamW, checkpoints, metrics.
-
-    Per step: global batch of indices → this process's slice → forward → ``loss_fn`` gives the summed
-    per-entry loss over the local labelled entries; dividing by the global count (times the number of
-    processes, because DDP averages gradients) makes the update the global mean's gradient whatever the
-    split.
-    """
-    cfg = run.config
-    loop = TrainLoop.start(
-        run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images,
-        trained_dimensions=data.trained_dimensions,
-    )  # fmt: skip
-    suffix_ids = [s.to(run.device) for s in processor.suffix_ids(data.dimensions)]
-
-    with loop.progress() as bar:
-        while loop.step < cfg.max_steps:
-            started = time.perf_counter()
-            global_batch = loop.sampler.next_batch()
-            batch = data.batch(run.local(global_batch))
-            out = loop.wrapped(
-                "student",
-                pixel_values=batch.pixel_values.to(run.device),
-                input_ids=batch.input_ids.to(run.device),
-                attention_mask=batch.attention_mask.to(run.device),
-                suffix_ids=suffix_ids,
-            )
-            loss_sum, extra = loss_fn(out, batch)
-            n_global = run.global_count(batch.mask.sum())
-            loss = loss_sum * run.world_size / n_global.clamp(min=1)
-            grad_norm, lr = loop.update(loss)
-            loop.step += 1
-
-            if loop.log_due:
-                logged = run.mean_over_processes({loss_name: float(loss.detach()), **extra})
-                elapsed = time.perf_counter() - started
-                row = {
-                    **logged,
-                    "loss": logged[loss_name],
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "entries": int(n_global),
-                    "items_per_s": len(global_batch) / elapsed,
-                }
-                if loop.eval_due:
-                    row.update(
-                        evaluate_during_training(run, model, processor, data.dimensions, reasoning=False)
-                    )
-                loop.log(row, bar, "loss")
-            loop.end_step(bar)
-    return loop.finish(data.dimensions, reasoning=False)

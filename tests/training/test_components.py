@@ -8,9 +8,9 @@ import torch
 
 from zreward_deploy.generation import derive_seed
 from zreward_deploy.scoring import BaseScorer, ReasoningScorer
-from zreward_deploy.training.common import EpochSampler
 from zreward_deploy.training.config import ConfigError
 from zreward_deploy.training.gdso import GDSOConfig
+from zreward_deploy.training.loop import EpochSampler
 from zreward_deploy.training.rollouts import (
     SamplingConfig,
     frozen_pass,
@@ -215,7 +215,7 @@ def test_metrics_writer_truncates_on_resume_and_tensorboard_is_optional(tmp_path
     import importlib.util
     import json
 
-    from zreward_deploy.training.common import MetricsWriter, read_metrics
+    from zreward_deploy.training.metrics_log import MetricsWriter, read_metrics
 
     w = MetricsWriter(tmp_path, enabled=True)
     for step in (1, 2, 3):
@@ -237,7 +237,7 @@ def test_metrics_writer_truncates_on_resume_and_tensorboard_is_optional(tmp_path
 def test_rollout_trainers_refuse_fsdp_with_a_clear_error(method):
     from accelerate import DistributedType
 
-    from zreward_deploy.training.common import check_distributed_support
+    from zreward_deploy.training.run import check_distributed_support
 
     with pytest.raises(ConfigError, match=f"{method} samples rollouts.*accelerate launch --multi_gpu"):
         check_distributed_support(method, str(DistributedType.FSDP))

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from zreward_deploy.cli import main
-from zreward_deploy.training.common import CHECKPOINT_DIR, LATEST_FILE
+from zreward_deploy.training.checkpoints import CHECKPOINT_DIR, LATEST_FILE
 
 TIMING_KEYS = {"items_per_s", "pairs_per_s", "tokens_per_s", "sample_time_frac"}
 

@@ -26,18 +26,14 @@ from safetensors.torch import load_file, save_file
 
 from zreward_deploy.cli import main
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
-from zreward_deploy.training.common import (
-    CHECKPOINT_DIR,
-    LATEST_FILE,
-    MetricsWriter,
-    TrainLoop,
-    load_model,
-    read_metrics,
-    start_run,
-)
+from zreward_deploy.training.checkpoints import CHECKPOINT_DIR, LATEST_FILE
 from zreward_deploy.training.config import ConfigError, NonFiniteLossError
 from zreward_deploy.training.gdso import GDSOConfig
+from zreward_deploy.training.loop import TrainLoop
+from zreward_deploy.training.metrics_log import MetricsWriter, read_metrics
+from zreward_deploy.training.models import load_model
 from zreward_deploy.training.risd import RISDConfig
+from zreward_deploy.training.run import start_run
 from zreward_deploy.training.sft import SFTConfig
 
 TIMING_KEYS = {"items_per_s", "pairs_per_s", "tokens_per_s", "sample_time_frac"}
@@ -311,8 +307,8 @@ def _first_batch_record(method: str, data_dir, teacher_dir) -> str:
     """The id of a record the first global batch of ``method`` draws (so the code before this change,
     which decoded lazily, would reach it at step 1)."""
     from zreward_deploy.data import load_split
-    from zreward_deploy.training.common import EpochSampler
     from zreward_deploy.training.data import ItemData, PairData
+    from zreward_deploy.training.loop import EpochSampler
 
     _, processor = load_model("preset:tiny")
     records = load_split(data_dir, "train")

@@ -286,7 +286,7 @@ def _scorer(model_dir: str, reasoning: bool, b: Any, seed: int) -> Any:
 
         return Scorer.from_pretrained(model_dir)
     from ..scoring import ReasoningScorer
-    from ..training.common import load_model
+    from ..training.models import load_model
 
     model, processor = load_model(model_dir)
     return ReasoningScorer(

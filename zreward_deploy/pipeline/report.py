@@ -34,7 +34,7 @@ def plot_training_curves(runs: dict[str, Any], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from zreward_deploy.training.common import read_metrics
+    from zreward_deploy.training.metrics_log import read_metrics
 
     fig = Figure(figsize=(12, 3.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)  # an Agg canvas of its own: no pyplot state, no global backend switch

@@ -1,0 +1,410 @@
+"""The loop's plumbing: what every trainer's loop does around its own loss (:class:`TrainLoop`): the data
+order (:class:`EpochSampler`), AdamW and its schedule, resume, the ``accelerate``-prepared model, one
+optimizer update, the metrics row, checkpoints, and the final model.
+
+What a run refuses (docs/training.md §4): a non-finite loss or gradient norm stops the run
+(:class:`~.config.NonFiniteLossError`) before the optimizer applies the update; non-finite weights are
+never saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zreward_deploy.errors import InvalidModelError, ZRewardInputError
+from zreward_deploy.generation import derive_seed
+from zreward_deploy.modeling import ZRewardModel, save_model_dir
+from zreward_deploy.processing import ZRewardProcessor
+
+from .checkpoints import (
+    MODEL_DIR,
+    TRAINER_STATE,
+    checkpoint_step,
+    damaged_checkpoint,
+    find_resume_checkpoint,
+    load_checkpoint,
+    no_warning,
+    non_finite_tensors,
+    read_trainer_state,
+    save_checkpoint,
+    unwrapped_state_dict,
+)
+from .config import NonFiniteLossError, TrainConfig
+from .data import ImageCache
+from .evaluate import evaluate_during_training
+from .models import TrainingForward
+from .run import Run, TrainResult
+from .run_rules import TrainingInterrupted, interrupted_message, training_record
+
+# the trainers' logger (`zreward train` prints its warnings)
+logger = logging.getLogger("zreward_deploy.training")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data order
+# --------------------------------------------------------------------------------------------------
+
+
+class EpochSampler:
+    """An endless stream of global batches: epoch e is a permutation seeded by ``(seed, e)``, epochs
+    follow each other, and a batch may straddle two (no item is dropped). Its state is
+    ``(epoch, offset)``, which is all an exact resume needs."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True):
+        if size < 1:
+            raise ZRewardInputError("data", "the training set is empty")
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.epoch, self.offset = 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "data", epoch))
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def next_batch(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            order = self._order(self.epoch)
+            take = order[self.offset : self.offset + self.batch_size - len(out)]
+            out += take
+            self.offset += len(take)
+            if self.offset >= self.size:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# --------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no weight decay on biases and norms, as usual)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        foreach=False,
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_updates: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``cfg.warmup_steps`` updates, then constant / linear / cosine decay to 0."""
+    warmup = cfg.warmup_steps
+
+    def factor(update: int) -> float:
+        if update < warmup:
+            return (update + 1) / (warmup + 1)
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (update - warmup) / max(1, total_updates - warmup))
+        if cfg.lr_scheduler == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def grad_norm_and_clip(run: Run, wrapped: nn.Module, max_norm: float) -> float:
+    """Global gradient norm before clipping (clipped to ``max_norm`` when > 0)."""
+    limit = max_norm if max_norm > 0 else float("inf")
+    return float(run.accelerator.clip_grad_norm_(wrapped.parameters(), limit))
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainLoop:
+    """What every trainer's loop does around its own loss: the data order, AdamW and its schedule,
+    resume, the ``accelerate``-prepared model, one optimizer update, the metrics row, checkpoints, and
+    the final model. A trainer reads as::
+
+        run = start_run(cfg)
+        if run.already_trained:                         # output_dir's run is at max_steps already
+            return run.already_trained_result()
+        ...                                             # model, data
+        loop = TrainLoop.start(run, model, processor, len(data), total_updates=cfg.max_steps,
+                               trained_dimensions=data.trained_dimensions)
+        with loop.progress() as bar:                    # Ctrl-C -> TrainingInterrupted
+            while loop.step < cfg.max_steps:
+                batch = data.batch(run.local(loop.sampler.next_batch()))
+                loss = ...                              # the method
+                grad_norm, lr = loop.update(loss)
+                loop.step += 1
+                if loop.log_due:
+                    loop.log({...}, bar, "loss")
+                loop.end_step(bar)
+        return loop.finish(dims, reasoning=False)
+    """
+
+    run: Run
+    model: ZRewardModel
+    processor: ZRewardProcessor
+    sampler: EpochSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    wrapped: nn.Module
+    extra_models: Mapping[str, ZRewardModel]
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_checkpoint: Path | None = None  # the newest checkpoint this run loaded or wrote (for errors)
+    skipped_items: int = 0  # records left out because their image does not decode
+    # the rubric dimensions the data trains (what the saved models' training record names)
+    trained_dimensions: list[str] = field(default_factory=list)
+    start_step: int = 0  # the step this run started (or resumed) at
+
+    @classmethod
+    def start(
+        cls,
+        run: Run,
+        model: ZRewardModel,
+        processor: ZRewardProcessor,
+        num_items: int,
+        total_updates: int,
+        extra_models: Mapping[str, ZRewardModel] | None = None,
+        images: ImageCache | None = None,
+        trained_dimensions: Sequence[str] = (),
+    ) -> TrainLoop:
+        """Build the sampler, optimizer and schedule; restore them (and ``extra_models``, e.g. GDSO's
+        π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``.
+
+        ``images`` is the data view's :class:`~.data.ImageCache`: the records it skipped (undecodable
+        images) are logged here, once per run, and counted in every metrics row and the result.
+        ``trained_dimensions`` (the data view's ``trained_dimensions``) go into the training record of
+        every saved model (:func:`~.run_rules.training_record`).
+        """
+        cfg = run.config
+        skipped = len(images.skipped) if images is not None else 0
+        if skipped and run.is_main:
+            logger.warning(images.describe_skipped())
+        extra_models = dict(extra_models or {})
+        sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, total_updates=total_updates)
+        step = 0
+        if run.resume_from is not None:
+            state = load_checkpoint(
+                run.accelerator, run.resume_from, model, optimizer, scheduler, extra_models
+            )
+            step = state["step"]
+            try:
+                sampler.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError):
+                raise damaged_checkpoint(
+                    run.resume_from / TRAINER_STATE, "holds no valid data-order position"
+                ) from None
+        model.train()
+        wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+        return cls(
+            run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step,
+            last_checkpoint=run.resume_from, skipped_items=skipped,
+            trained_dimensions=list(trained_dimensions), start_step=step,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Any]:
+        """``with loop.progress() as bar:`` around the loop: the bar (:meth:`Run.progress`), and Ctrl-C
+        turned into :class:`~.run_rules.TrainingInterrupted`, whose message names the step reached, the
+        checkpoint kept and how to resume. Nothing is saved on the way out: the interrupted step may be
+        half done (its weights half updated)."""
+        cfg = self.run.config
+        with self.run.progress(cfg.max_steps, self.step) as bar:
+            try:
+                yield bar
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt:
+                raise self.interrupted() from None
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The Ctrl-C error at this step: the checkpoint named is the one ``resume=auto`` would take
+        (``checkpoints/latest`` as on disk, which a save cut short by the interrupt leaves consistent)."""
+        import dataclasses
+
+        cfg = self.run.config
+        try:
+            kept = find_resume_checkpoint(dataclasses.replace(cfg, resume="auto"), no_warning)
+        except ZRewardInputError:
+            kept = None
+        in_output_dir = kept is not None
+        if kept is None and cfg.resume not in ("auto", "never"):
+            kept = Path(cfg.resume)  # nothing saved here yet: the same command loads that one again
+        step = None
+        if kept is not None:
+            try:
+                step = read_trainer_state(kept)["step"]
+            except InvalidModelError:  # damaged: the message still names it, by its folder's step
+                step = checkpoint_step(kept)
+        message = interrupted_message(cfg, self.step, kept, step, in_output_dir=in_output_dir)
+        return TrainingInterrupted(message, self.run.is_main)
+
+    def set_training_record(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Write what the weights were trained on into ``model.config.training`` (saved with them)."""
+        from zreward_deploy.config import check_training_record
+
+        record = training_record(self.run.config, self.trained_dimensions, self.step, metrics)
+        self.model.config.training = check_training_record(record)
+
+    def update(self, loss: torch.Tensor) -> tuple[float, float]:
+        """Backward, clip, one optimizer and schedule step. Returns (grad norm before clipping, the lr
+        this update used).
+
+        Raises:
+            NonFiniteLossError: the loss (on any process) or the global gradient norm is NaN or infinite.
+                The optimizer and the schedule are not stepped, so the weights keep their last finite
+                values; nothing is saved after that (the trainers stop at the error).
+        """
+        run = self.run
+        # backward on every process even for a bad loss: DDP's gradient all-reduce is collective
+        run.accelerator.backward(loss)
+        grad_norm = grad_norm_and_clip(run, self.wrapped, run.config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        loss_ok = bool(torch.isfinite(loss.detach()).all())
+        # the gradient norm is global already; the loss is each process's own, so every process must
+        # learn whether any loss was bad, or one would stop while the others wait in the next all-reduce
+        any_bad_loss = not loss_ok if run.world_size == 1 else float(run.global_count(float(not loss_ok))) > 0
+        if any_bad_loss or not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            if not loss_ok:
+                what = f"the loss is {float(loss.detach().float().sum())}"
+            elif any_bad_loss:
+                what = "the loss is NaN or infinite on another process"
+            else:
+                what = f"the gradient norm is {grad_norm} (the loss is finite)"
+            raise self.stop_error(self.step + 1, f"{what}; the update was not applied")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, lr
+
+    def stop_error(self, step: int, what: str) -> NonFiniteLossError:
+        """The error that stops the run at ``step``: ``what`` happened, the last good checkpoint, and how
+        to go on."""
+        if self.last_checkpoint is not None:
+            where = (
+                f"the last good checkpoint is {self.last_checkpoint}: run again with the same output_dir "
+                "(resume=auto) to continue from it, or with resume=never to start over"
+            )
+        else:
+            where = "no checkpoint was saved yet: fix the cause and start again"
+        return NonFiniteLossError(
+            self.run.config.method,
+            f"step {step}: {what}; nothing from this step was saved; {where} (a lower learning_rate, "
+            "max_grad_norm > 0 and finite input weights are the usual fixes)",
+        )
+
+    def _finite_weights(self, what: str) -> dict[str, torch.Tensor]:
+        """The model's full state dict, after checking (on every process together) that it is finite."""
+        run = self.run
+        weights = unwrapped_state_dict(run.accelerator, self.wrapped)
+        bad = non_finite_tensors(weights)
+        any_bad = bool(bad) if run.world_size == 1 else float(run.global_count(float(bool(bad)))) > 0
+        if any_bad:
+            names = f" ({bad[:3]})" if bad else " (on another process)"
+            raise self.stop_error(
+                self.step, f"the weights hold NaN or infinite values{names}; refusing to save the {what}"
+            )
+        return weights
+
+    @property
+    def log_due(self) -> bool:
+        cfg = self.run.config
+        return self.step % cfg.log_every == 0 or self.step == cfg.max_steps
+
+    @property
+    def eval_due(self) -> bool:
+        every = self.run.config.eval_every
+        return bool(every) and self.step % every == 0
+
+    def log(self, row: Mapping[str, Any], bar: Any, *postfix: str) -> None:
+        """Write ``row`` to metrics.jsonl and the history; show the ``postfix`` keys on the bar. Rows
+        of a run that skipped undecodable items carry ``skipped_items``."""
+        if self.skipped_items:
+            row = {**row, "skipped_items": self.skipped_items}
+        self.run.metrics.log(self.step, row)
+        self.history.append({"step": self.step, **row})
+        bar.set_postfix({k: f"{row[k]:.4f}" for k in postfix})
+
+    def end_step(self, bar: Any) -> None:
+        """Advance the bar; write a checkpoint every ``save_every`` steps and after the last one."""
+        bar.update(1)
+        cfg = self.run.config
+        if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+            weights = self._finite_weights("checkpoint")
+            self.set_training_record()
+            self.last_checkpoint = save_checkpoint(
+                self.run.accelerator,
+                self.run.output_dir,
+                self.step,
+                self.wrapped,
+                self.model,
+                self.processor,
+                self.optimizer,
+                self.scheduler,
+                {"sampler": self.sampler.state_dict()},
+                keep=cfg.keep_checkpoints,
+                extra_models=self.extra_models,
+                weights=weights,
+            )
+
+    def finish(
+        self, dims: list[str], reasoning: bool, reasoning_kwargs: dict[str, Any] | None = None
+    ) -> TrainResult:
+        """Evaluate the final weights on ``eval_split`` when ``eval_at_end`` (after reasoning with
+        ``reasoning``), save them to ``output_dir/model`` (atomically) with their training record (the
+        final metrics included), close the logs."""
+        run = self.run
+        weights = self._finite_weights("final model")
+        model_dir = run.output_dir / MODEL_DIR
+        final_eval = None
+        if run.config.eval_at_end:
+            final_eval = evaluate_during_training(
+                run, self.model, self.processor, dims, reasoning, reasoning_kwargs, prefix=""
+            )
+            if run.is_main:
+                run.metrics.log(self.step, {f"final_eval/{k}": v for k, v in final_eval.items()})
+        if run.is_main:
+            self.set_training_record(final_eval)
+            save_model_dir(self.model, self.processor, model_dir, state_dict=weights)
+        run.barrier()
+        run.metrics.close()
+        return TrainResult(
+            run.output_dir,
+            model_dir,
+            self.step,
+            self.history,
+            final_eval or None,
+            run.is_main,
+            skipped_items=self.skipped_items,
+            start_step=self.start_step,
+        )
