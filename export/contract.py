@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
-
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import is_within, open_regular_file, read_json_object
 
@@ -40,7 +38,6 @@ DTYPES = ("fp32", "fp16")
 OPSET = 18
 """The default ONNX opset; exports accept :data:`OPSET_RANGE`."""
 OPSET_RANGE = (14, 20)
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,22 +49,20 @@ from zreward_deploy.fileio import atomic_directory, check_output_dir
 from zreward_deploy.modeling import ZRewardModel
 from zreward_deploy.processing import ZRewardProcessor
 
+from .config import OnnxExportConfig
 from .contract import (
-    DTYPES,
     FORMAT,
     FORMAT_VERSION,
     INPUT_NAMES,
     METADATA_FILE,
     ONNX_FILE,
     OPSET,
-    OPSET_RANGE,
     OUTPUT_NAMES,
-    TORCH_DTYPES,
     UnvalidatedExportWarning,
     file_sha256,
     verify_export,
 )
-from .ort import OrtSessionConfig, create_session  # validation runs the graph in ONNX Runtime
+from .ort import TORCH_DTYPES, OrtSessionConfig, create_session  # validation runs the graph in ONNX Runtime
 
 try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so say which extra
     from optimum.exporters.onnx import OnnxConfig
@@ -82,56 +80,6 @@ class OnnxValidationError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # The exporter's config
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class OnnxExportConfig:
-    """Settings of one ONNX export (``zreward export onnx``)."""
-
-    dtype: str = field(
-        default="fp32", metadata={"help": "graph dtype (the outputs are fp32 in both)", "choices": DTYPES}
-    )
-    dimensions: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "rubric dimensions to bake into the graph, in order (default: all)"}
-    )
-    opset: int = field(default=OPSET, metadata={"help": f"ONNX opset, {OPSET_RANGE[0]} to {OPSET_RANGE[1]}"})
-    trace_batch_size: int = field(
-        default=2, metadata={"help": "batch size of the dummy inputs the graph is traced with (>= 1)"}
-    )
-    trace_sequence_length: int = field(
-        default=16, metadata={"help": "text length of the dummy inputs the graph is traced with (>= 2)"}
-    )
-    atol: float | None = field(
-        default=None,
-        metadata={
-            "help": "probs tolerance of the validation (default: 1e-4 fp32, 1e-2 fp16; mean/std/reward "
-            "get atol times the score range)"
-        },
-    )
-    validate: bool = field(
-        default=True,
-        metadata={
-            "help": "compare the graph with the torch model in ONNX Runtime at shapes the trace never saw"
-        },
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "replace a non-empty output folder (atomically, once written)"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ZRewardInputError("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        if self.dimensions is not None:
-            self.dimensions = tuple(self.dimensions)
-        # 14: scaled_dot_product_attention's lowering; 20: the TorchScript exporter's maximum (torch 2.13)
-        if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
-            raise ZRewardInputError(
-                "--opset", f"must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, got {self.opset}"
-            )
-        if self.trace_batch_size < 1 or self.trace_sequence_length < 2:
-            raise ZRewardInputError("trace shape", "trace batch >= 1 and trace text length >= 2 are required")
-        if self.atol is not None and not self.atol > 0:
-            raise ZRewardInputError("atol", f"must be > 0, got {self.atol}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,11 +36,12 @@ from .contract import (
     METADATA_FILE,
     ONNX_FILE,
     OUTPUT_NAMES,
-    TORCH_DTYPES,
     check_graph_outputs,
     check_unchanged,
     verify_export_graph,
 )
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 

@@ -33,12 +33,11 @@ Design:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from zreward_deploy.fileio import (
 from zreward_deploy.processing import ZRewardProcessor
 from zreward_deploy.scoring import BaseScorer
 
+from .config import TensorRTBuildConfig
 from .contract import (
     METADATA_FILE,
     FileIdentity,
@@ -84,38 +84,6 @@ Profile = dict[str, tuple[Shape, Shape, Shape]]
 # --------------------------------------------------------------------------------------------------
 # Settings and pure functions (tested without TensorRT)
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TensorRTBuildConfig:
-    """Settings of one engine build (``zreward export tensorrt``)."""
-
-    max_batch_size: int = field(default=32, metadata={"help": "largest batch any profile accepts"})
-    opt_batch_size: int = field(default=8, metadata={"help": "batch size TensorRT tunes kernels for"})
-    text_length_buckets: tuple[int, ...] = field(
-        default=(32, 64, 128, 256),
-        metadata={"help": "ascending text-length bucket edges; one profile each; batches pad up to an edge"},
-    )
-    workspace_gib: float = field(default=4.0, metadata={"help": "builder workspace memory pool limit, GiB"})
-    builder_optimization_level: int = field(
-        default=3, metadata={"help": "TensorRT builder optimization level 0-5 (higher: longer build, faster)"}
-    )
-
-    def __post_init__(self) -> None:
-        self.text_length_buckets = tuple(int(b) for b in self.text_length_buckets)
-        if self.max_batch_size < 1 or not 1 <= self.opt_batch_size <= self.max_batch_size:
-            raise ZRewardInputError(
-                "batch sizes", f"need 1 <= opt ({self.opt_batch_size}) <= max ({self.max_batch_size})"
-            )
-        b = self.text_length_buckets
-        if not b or b[0] < 1 or any(y <= x for x, y in itertools.pairwise(b)):
-            raise ZRewardInputError(
-                "text_length_buckets", f"must be positive and strictly ascending, got {b}"
-            )
-        if not self.workspace_gib > 0:
-            raise ZRewardInputError("workspace_gib", f"must be > 0, got {self.workspace_gib}")
-        if not 0 <= self.builder_optimization_level <= 5:
-            raise ZRewardInputError("builder_optimization_level", "must be in 0..5")
 
 
 def optimization_profiles(config: TensorRTBuildConfig, image_size: int) -> list[Profile]:

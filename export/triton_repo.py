@@ -28,61 +28,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError
 from zreward_deploy.fileio import atomic_directory, check_output_dir
 
+from .config import TensorRTBuildConfig, TritonRepoConfig
 from .contract import METADATA_FILE, verify_export
-from .tensorrt import TensorRTBuildConfig, read_tensorrt_record
+from .tensorrt import read_tensorrt_record
 
 TRITON_CLIENT_FILE = "zreward_triton.json"
 _CLIENT_FILES = ("config.json", "zreward_processor.json", METADATA_FILE)
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-
-
-@dataclass
-class TritonRepoConfig:
-    """Settings of a Triton model repository (``zreward export triton-repo``)."""
-
-    model_name: str = field(default="zreward", metadata={"help": "model name in the repository"})
-    model_version: int = field(default=1, metadata={"help": "version folder to write"})
-    max_batch_size: int = field(default=32, metadata={"help": "largest batch Triton forms (≤ engine's max)"})
-    preferred_batch_sizes: tuple[int, ...] = field(
-        default=(8, 16, 32), metadata={"help": "batch sizes the dynamic batcher aims for"}
-    )
-    max_queue_delay_us: int = field(
-        default=2000, metadata={"help": "longest a request waits for others to batch with, microseconds"}
-    )
-    text_length_buckets: tuple[int, ...] | None = field(
-        default=None,
-        metadata={"help": "text-length buckets (default: the TensorRT record's, else 32,64,128,256)"},
-    )
-    instance_count: int = field(default=1, metadata={"help": "model instances per device"})
-    instance_kind: str = field(default="gpu", metadata={"help": "gpu or cpu (ONNX only; TensorRT is gpu)"})
-    warmup: bool = field(default=True, metadata={"help": "warm every bucket up when the model loads"})
-
-    def __post_init__(self) -> None:
-        if not self.model_name or not self.model_name.replace("_", "").replace("-", "").isalnum():
-            raise ZRewardInputError("model_name", f"must be a plain name, got {self.model_name!r}")
-        if self.model_version < 1 or self.max_batch_size < 1 or self.instance_count < 1:
-            raise ZRewardInputError("triton", "model_version, max_batch_size and instance_count must be >= 1")
-        self.preferred_batch_sizes = tuple(int(b) for b in self.preferred_batch_sizes)
-        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
-            raise ZRewardInputError("preferred_batch_sizes", f"must lie in 1..{self.max_batch_size}")
-        if self.max_queue_delay_us < 0:
-            raise ZRewardInputError("max_queue_delay_us", "must be >= 0")
-        if self.instance_kind not in ("gpu", "cpu"):
-            raise ZRewardInputError("instance_kind", f"must be 'gpu' or 'cpu', got {self.instance_kind!r}")
-        if self.text_length_buckets is not None:
-            buckets = tuple(int(b) for b in self.text_length_buckets)
-            if not buckets or buckets[0] < 1 or list(buckets) != sorted(set(buckets)):
-                raise ZRewardInputError(
-                    "text_length_buckets", f"must be positive and ascending, got {buckets}"
-                )
-            self.text_length_buckets = buckets
 
 
 def _dims(values: list[int]) -> str:

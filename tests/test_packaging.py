@@ -52,7 +52,11 @@ def test_pyproject_declares_extras_and_script():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = 'pip install torch==2.13.0 && pip install -e ".[onnx,triton,dev]" && pytest'
+    # the linter and the formatter's check run before the tests
+    command = (
+        'pip install torch==2.13.0 && pip install -e ".[onnx,triton,dev]" '
+        "&& ruff check . && ruff format --check . && pytest"
+    )
     assert command in readme and command in ci
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line for line in first_block.splitlines() if line.strip() and not line.startswith("#")]

@@ -11,7 +11,7 @@ from ..cliargs import ArgumentParser, dataclass_from_namespace, defer_dataclass_
 
 
 def _synth_config() -> type:
-    from ..data.synth import SynthConfig
+    from ..data.synth_config import SynthConfig
 
     return SynthConfig
 
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a non-empty output folder (its content is deleted)"
     )
     # --prompts, --images-per-prompt, --annotators, --image-size, --seed, --val-fraction, --test-fraction:
-    # the fields of SynthConfig, added when `data synth` is parsed (its module imports torch)
+    # the fields of SynthConfig (zreward_deploy.data.synth_config, light), added when `data synth` is parsed
     defer_dataclass_arguments(synth, _synth_config)
     synth.set_defaults(func=run_synth)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])

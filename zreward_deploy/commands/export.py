@@ -2,8 +2,8 @@
 
 Each command's options are the fields of its config dataclass (``OnnxExportConfig``,
 ``TensorRTBuildConfig``, ``TritonRepoConfig``) turned into flags by :mod:`zreward_deploy.cliargs`, so the
-CLI takes what the library takes. Those modules import torch, so their flags are added only when their own
-command is parsed (``zreward --help`` and ``zreward export --help`` stay instant). The older, shorter
+CLI takes what the library takes. The configs live in the torch-free :mod:`zreward_deploy.export.config`,
+and their flags are added only when their own command is parsed, so every ``--help`` is instant. The older, shorter
 spellings are kept: ``--buckets`` (``text_length_buckets``), ``--name`` (``model_name``) and ``--kind``
 (``instance_kind``).
 """
@@ -22,19 +22,19 @@ TRITON_FLAGS = {"model_name": "--name", "text_length_buckets": "--buckets", "ins
 
 
 def _onnx_config() -> type:
-    from ..export.onnx import OnnxExportConfig
+    from ..export.config import OnnxExportConfig
 
     return OnnxExportConfig
 
 
 def _tensorrt_config() -> type:
-    from ..export.tensorrt import TensorRTBuildConfig
+    from ..export.config import TensorRTBuildConfig
 
     return TensorRTBuildConfig
 
 
 def _triton_config() -> type:
-    from ..export.triton_repo import TritonRepoConfig
+    from ..export.config import TritonRepoConfig
 
     return TritonRepoConfig
 

@@ -2,8 +2,38 @@
 format with its validator and loaders (:mod:`.format`), and the synthetic generator (:mod:`.synth`,
 imported on use). See docs/data.md."""
 
-from .format import load_dataset, load_split, read_dataset, validate_dataset
-from .records import SPLITS, DatasetError, Pair, Problem, Record, aggregate_annotations, build_pairs
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the submodule defining it; loaded on first use (PEP 562), so that importing a light
+# submodule (``synth_config``) does not import the format's dependencies (transformers, through config)
+_EXPORTS = {
+    "load_dataset": "format",
+    "load_split": "format",
+    "read_dataset": "format",
+    "validate_dataset": "format",
+    "SPLITS": "records",
+    "DatasetError": "records",
+    "Pair": "records",
+    "Problem": "records",
+    "Record": "records",
+    "aggregate_annotations": "records",
+    "build_pairs": "records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .format import load_dataset, load_split, read_dataset, validate_dataset
+    from .records import SPLITS, DatasetError, Pair, Problem, Record, aggregate_annotations, build_pairs
 
 __all__ = [
     "SPLITS",

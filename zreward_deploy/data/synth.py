@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..config import Rubric
-from ..errors import ZRewardInputError
 from ..fileio import atomic_directory, check_output_dir
 from .records import SPLITS, aggregate_annotations
+from .synth_config import SynthConfig
 
 DIMENSIONS: tuple[str, ...] = tuple(Rubric().names)  # the default rubric's four dimensions
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
@@ -105,38 +105,6 @@ _PRIMARY_DEFECT = {"realism": "blur", "aesthetics": "tilt", "plausibility": "flo
 
 _SKY, _TABLE, _SHADOW = (200, 215, 235), (160, 118, 80), (105, 75, 50)
 _TABLE_TOP, _STAND = 0.62, 0.8  # table edge and where objects stand, as fractions of the height
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Size and seed of a synthetic dataset; each field is a flag of ``zreward data synth``."""
-
-    prompts: int = field(default=60, metadata={"help": "number of prompts (scenes)"})
-    images_per_prompt: int = field(default=4, metadata={"help": "images per prompt (M >= 2 makes pairs)"})
-    annotators: int = field(default=5, metadata={"help": "simulated annotators per image"})
-    image_size: int = field(default=64, metadata={"help": "side of the square PNG images, pixels"})
-    seed: int = field(default=0, metadata={"help": "random seed; the same seed gives identical bytes"})
-    val_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in val.jsonl"})
-    test_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in test.jsonl"})
-
-    def __post_init__(self) -> None:
-        # field -> (valid?, the valid range in words); errors name the flag a user types
-        checks = {
-            "prompts": (self.prompts >= 1, ">= 1"),
-            "images_per_prompt": (self.images_per_prompt >= 2, ">= 2 (pairs need two images of a prompt)"),
-            "annotators": (self.annotators >= 1, ">= 1"),
-            "image_size": (16 <= self.image_size <= 1024, "between 16 and 1024 pixels"),
-            "seed": (self.seed >= 0, ">= 0"),
-            "val_fraction": (0 <= self.val_fraction < 1, "in [0, 1)"),
-            "test_fraction": (
-                0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
-                "in [0, 1), with val_fraction + test_fraction < 1",
-            ),
-        }
-        for name, (ok, valid) in checks.items():
-            if not ok:  # every field is a flag of `zreward data synth` (zreward_deploy.cliargs)
-                flag = "--" + name.replace("_", "-")
-                raise ZRewardInputError(flag, f"must be {valid}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
