@@ -405,6 +405,11 @@ def _modules_after(code: str) -> set[str]:
         ["data", "--help"],
         ["bench", "latency", "--help"],
         ["train", "--help"],
+        # the leaf commands whose flags come from config dataclasses (torch-free config modules)
+        ["export", "onnx", "--help"],
+        ["export", "tensorrt", "--help"],
+        ["export", "triton-repo", "--help"],
+        ["data", "synth", "--help"],
     ],
     ids=" ".join,
 )
