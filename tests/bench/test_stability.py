@@ -302,7 +302,7 @@ def test_score_head_bench_refuses_cuda_on_a_cpu_only_build_without_a_traceback(c
 def _parse(argv: list[str]):
     from zreward_deploy.bench.bench_latency import LatencyBenchConfig
     from zreward_deploy.cli import build_parser
-    from zreward_deploy.commands.bench import dataclass_from_namespace
+    from zreward_deploy.cliargs import dataclass_from_namespace
 
     return dataclass_from_namespace(
         LatencyBenchConfig, build_parser().parse_args(["bench", "latency", *argv])
@@ -344,12 +344,12 @@ def test_every_bench_config_parses_its_list_flags_with_commas(module, cls, argv,
     import argparse
     import importlib
 
-    from zreward_deploy.commands.bench import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
     from zreward_deploy.errors import ZRewardInputError
 
     config_cls = getattr(importlib.import_module(f"zreward_deploy.bench.{module}"), cls)
     parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, config_cls)
+    add_dataclass_arguments(parser, config_cls, space_separated=True)  # the benchmarks' form
     assert getattr(dataclass_from_namespace(config_cls, parser.parse_args(argv)), field) == expected
     flag = argv[0]
     with pytest.raises(ZRewardInputError, match=flag):
@@ -358,7 +358,7 @@ def test_every_bench_config_parses_its_list_flags_with_commas(module, cls, argv,
 
 def test_score_head_list_flags_take_commas_or_spaces():
     from zreward_deploy.bench.bench_score_head import ScoreHeadBenchConfig, _parser
-    from zreward_deploy.commands.bench import list_flag_values
+    from zreward_deploy.cliargs import list_flag_values
 
     for argv in (["--ns", "1,16", "--ks", "5,9"], ["--ns", "1", "16", "--ks", "5", "9"]):
         args = {

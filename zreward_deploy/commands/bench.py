@@ -12,17 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from zreward_deploy.cliargs import add_dataclass_arguments as _add_arguments
-from zreward_deploy.cliargs import check_device, dataclass_from_namespace, list_flag_values
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """The benchmarks' flags (space-separated list values accepted, as before). Kept here for
-    ``tests/bench/test_stability.py``; new code calls :func:`zreward_deploy.cliargs.add_dataclass_arguments`."""
-    _add_arguments(parser, cls, space_separated=True)
-
-
-__all__ = ["add_dataclass_arguments", "dataclass_from_namespace", "list_flag_values", "register"]
+from zreward_deploy.cliargs import add_dataclass_arguments, check_device, dataclass_from_namespace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,13 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parity",
         help="accuracy of each backend against torch on a dataset split (Δprobs, Δmean, KL, HPA, agreement)",
     )
-    _add_arguments(parity, ParityBenchConfig, space_separated=True)
+    add_dataclass_arguments(parity, ParityBenchConfig, space_separated=True)
     parity.set_defaults(func=run_parity)
 
     latency = sub.add_parser(
         "latency", help="p50/p95/p99 latency and images/s per backend and batch size, in one process"
     )
-    _add_arguments(latency, LatencyBenchConfig, space_separated=True)
+    add_dataclass_arguments(latency, LatencyBenchConfig, space_separated=True)
     latency.set_defaults(func=run_latency)
 
 
