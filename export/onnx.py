@@ -36,7 +36,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,7 +62,14 @@ from .contract import (
     file_sha256,
     verify_export,
 )
-from .ort import TORCH_DTYPES, OrtSessionConfig, create_session  # validation runs the graph in ONNX Runtime
+from .ort import TORCH_DTYPES
+from .validation import (
+    OnnxValidationError,
+    ValidationCase,
+    check_validation,
+    validate_onnx,
+    validation_record,
+)
 
 try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so say which extra
     from optimum.exporters.onnx import OnnxConfig
@@ -71,10 +78,6 @@ try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so
     from optimum.utils.input_generators import DTYPE_MAPPER
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("optimum-onnx", "onnx", "ONNX export") from _exc
-
-
-class OnnxValidationError(RuntimeError):
-    """The exported graph disagrees with the torch model (or fails to run) at a validation shape."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,165 +252,6 @@ def export_graph(
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------
-
-_WORDS = ("three", "blue", "spheres", "left", "of", "a", "large", "yellow", "cone", "on", "wooden", "table")
-
-
-@dataclass
-class ValidationCase:
-    """One validation run: its shape, the largest absolute difference per output and the tolerance."""
-
-    name: str
-    batch_size: int
-    sequence_length: int
-    max_abs_diff: dict[str, float]
-    tolerance: dict[str, float]
-    passed: bool
-    error: str | None = None
-
-
-def _prompt_of_length(processor: ZRewardProcessor, tokens: int) -> str:
-    """The shortest prefix-of-``_WORDS`` prompt (repeated) whose template-filled ids reach ``tokens``."""
-    words: list[str] = []
-    limit = processor.config.max_prompt_tokens
-    while True:
-        words.append(_WORDS[len(words) % len(_WORDS)])
-        prompt = " ".join(words)
-        n = len(processor.prompt_ids(prompt))
-        if n >= tokens or n + 4 > limit:  # long enough, or the next word could pass the prompt limit
-            return prompt
-
-
-def validation_inputs(
-    processor: ZRewardProcessor, trace_batch_size: int, trace_sequence_length: int, seed: int = 1234
-) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Two input sets whose batch size and text length both differ from the trace's.
-
-    ``ragged``: 3 prompts of different lengths, right-padded to a length above the trace's.
-    ``long``: 1 long prompt (about twice the trace length plus a few tokens).
-    Batch sizes move to 4 / 5 when the trace used 3 / 1. Images: seeded uniform noise in [0, 1], through
-    the processor's own resize and normalisation.
-    """
-    batches = [b if b != trace_batch_size else b + 2 for b in (3, 1)]
-    target = {"ragged": trace_sequence_length + 7, "long": 2 * trace_sequence_length + 5}
-    cases = []
-    for (name, tokens), batch in zip(target.items(), batches, strict=True):
-        longest = _prompt_of_length(processor, tokens)
-        prompts = [" ".join(longest.split()[: max(1, len(longest.split()) - 3 * i)]) for i in range(batch)]
-        ids, mask = processor.encode_prompts(prompts)
-        if ids.shape[1] == trace_sequence_length:  # a short template can land on the trace length exactly
-            prompts[0] += " indeed"
-            ids, mask = processor.encode_prompts(prompts)
-        generator = torch.Generator().manual_seed(seed + batch)
-        images = torch.rand(batch, 3, 48, 40, generator=generator)  # non-square: exercises the resize
-        cases.append(
-            (
-                name,
-                {
-                    "input_ids": ids,
-                    "attention_mask": mask,
-                    "pixel_values": processor.preprocess_tensor(images),
-                },
-            )
-        )
-    return cases
-
-
-def tolerances(atol: float, score_range: float) -> dict[str, float]:
-    """Per-output tolerance: ``atol`` on probs; ``atol * range`` on mean, std and reward (score units)."""
-    return {
-        "probs": atol,
-        "mean": atol * score_range,
-        "std": atol * score_range,
-        "reward": atol * score_range,
-    }
-
-
-def validate_onnx(
-    onnx_path: str | os.PathLike,
-    reference: ZRewardOnnxModel,
-    processor: ZRewardProcessor,
-    dtype: str,
-    atol: float,
-    trace_batch_size: int,
-    trace_sequence_length: int,
-    session_config: OrtSessionConfig | None = None,
-    raise_on_mismatch: bool = True,
-) -> list[ValidationCase]:
-    """Compare ONNX Runtime (CPU provider) against the torch ``reference`` at untraced shapes.
-
-    Args:
-        onnx_path: the exported graph.
-        reference: the fp32 torch graph module (the deployment reference for both dtypes).
-        processor: the model's processor (prompts and images go through it, as in serving).
-        dtype: the graph's float dtype (``pixel_values`` is fed in it).
-        atol: probs tolerance (see :func:`tolerances` for the other outputs).
-        trace_batch_size, trace_sequence_length: the trace shape, which every case avoids.
-        session_config: ORT settings (default: all graph optimizations, as deployed).
-        raise_on_mismatch: raise :class:`OnnxValidationError` when any case fails.
-
-    Returns:
-        One :class:`ValidationCase` per input set; all four outputs must match in shape, be float32 and
-        finite, and lie within tolerance.
-    """
-    session = create_session(onnx_path, "cpu", session_config)
-    tol = tolerances(atol, processor.config.get_score_scale().range)
-    results = []
-    for name, inputs in validation_inputs(processor, trace_batch_size, trace_sequence_length):
-        b, s = inputs["input_ids"].shape
-        with torch.no_grad():
-            expected = reference(**inputs)
-        feeds = {k: v.numpy() for k, v in inputs.items()}
-        feeds["pixel_values"] = inputs["pixel_values"].to(TORCH_DTYPES[dtype]).numpy()
-        diffs: dict[str, float] = {}
-        error = None
-        try:
-            got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds), strict=True))
-            for out in OUTPUT_NAMES:
-                want = expected[out].numpy()
-                if got[out].dtype != np.float32:
-                    error = f"output {out} is {got[out].dtype}, the contract says float32"
-                elif got[out].shape != want.shape:
-                    error = f"output {out} has shape {got[out].shape}, expected {want.shape}"
-                elif not np.isfinite(got[out]).all():
-                    error = f"output {out} has non-finite values"
-                if error:
-                    break
-                diffs[out] = float(np.abs(got[out].astype(np.float64) - want).max())
-        except Exception as exc:  # ORT refusing the shapes is a validation failure like any mismatch
-            error = f"ONNX Runtime failed: {type(exc).__name__}: {exc}"
-        passed = error is None and all(diffs[k] <= tol[k] for k in OUTPUT_NAMES)
-        results.append(ValidationCase(name, int(b), int(s), diffs, tol, passed, error))
-    if raise_on_mismatch:
-        check_validation(results, onnx_path)
-    return results
-
-
-def check_validation(cases: Sequence[ValidationCase], onnx_path: str | os.PathLike) -> None:
-    """Raise :class:`OnnxValidationError` naming every failed case, its shape and what differed."""
-    failed = [c for c in cases if not c.passed]
-    if not failed:
-        return
-
-    def why(c: ValidationCase) -> str:
-        if c.error:
-            return c.error
-        over = [
-            f"{k} max|Δ| {v:.3g} > {c.tolerance[k]:.3g}"
-            for k, v in c.max_abs_diff.items()
-            if v > c.tolerance[k]
-        ]
-        return ", ".join(over)
-
-    raise OnnxValidationError(
-        f"{onnx_path}: the exported graph does not match the torch model at untraced shapes: "
-        + "; ".join(f"{c.name} (batch {c.batch_size}, length {c.sequence_length}): {why(c)}" for c in failed)
-    )
-
-
-# --------------------------------------------------------------------------------------------------
 # The whole export
 # --------------------------------------------------------------------------------------------------
 
@@ -487,7 +331,7 @@ def export_onnx(
     out = check_output_dir(
         out_dir,
         cfg.overwrite,
-        flag="--overwrite (overwrite=True)",
+        flag="--overwrite",
         protect=[source_dir] if source_dir else [],
         marker=[METADATA_FILE],
     )
@@ -511,85 +355,96 @@ def export_onnx(
             raise OnnxValidationError(
                 "the export wrote external data files; models over 2 GB are not supported yet"
             )
-        # The folder's config describes the graph: its rubric holds the exported dimensions in graph order.
-        folder_config = copy.deepcopy(source.config)
-        folder_config.rubric = [asdict(rubric[name]) for name in dims]
-        folder_config.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        # Every other file, hashed too: the loader refuses a folder whose tokenizer or config is not this
-        # export's (the graph and its metadata are covered by onnx_sha256 and the atomic rename).
-        files = {
-            p.relative_to(tmp).as_posix(): file_sha256(p)
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file() and p.name not in (ONNX_FILE, METADATA_FILE)
-        }
-
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "onnx_file": ONNX_FILE,
-            "onnx_sha256": file_sha256(tmp / ONNX_FILE),
-            "files": files,
-            "dtype": cfg.dtype,
-            "opset": cfg.opset,
-            "dimensions": dims,
-            "reward_weights": [float(w) for w in weights],
-            "rubric": folder_config.rubric,
-            "score_scale": source.config.score_scale,
-            "score_temperature": source.config.score_temperature,
-            "image_size": source.config.image_size,
-            "num_image_tokens": source.config.num_image_tokens,
-            "max_prompt_tokens": source.config.max_prompt_tokens,
-            "text_model_type": source.config.text_config.model_type,
-            "vision_model_type": source.config.vision_config.model_type,
-            "inputs": {
-                "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
-                "attention_mask": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
-                "pixel_values": {
-                    "dtype": "float16" if cfg.dtype == "fp16" else "float32",
-                    "shape": ["batch_size", 3, source.config.image_size, source.config.image_size],
-                },
-            },
-            "outputs": {
-                "probs": {
-                    "dtype": "float32",
-                    "shape": ["batch_size", len(dims), len(source.config.score_scale["values"])],
-                },
-                "mean": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
-                "std": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
-                "reward": {"dtype": "float32", "shape": ["batch_size"]},
-            },
-            "trace_shapes": trace,
-            "source_model": source_name,
-            "source_weights_sha256": weights_sha256(source_name) if source_name else None,
-            "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-            "versions": _versions(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "validation": None,
-        }
+        folder_config, files = _write_model_files(tmp, source.config, processor, [rubric[n] for n in dims])
+        onnx_sha256 = file_sha256(tmp / ONNX_FILE)
+        meta = _metadata(cfg, source.config, folder_config, dims, weights, files, onnx_sha256, source_name)
         if cfg.validate:
             cases = validate_onnx(
-                tmp / ONNX_FILE,
-                reference,
-                processor,
-                cfg.dtype,
-                atol,
-                cfg.trace_batch_size,
-                cfg.trace_sequence_length,
-                raise_on_mismatch=False,
-            )
-            meta["validation"] = {
-                "reference": "torch eager, fp32",
-                "provider": "CPUExecutionProvider",
-                "atol_probs": atol,
-                "passed": all(c.passed for c in cases),
-                "cases": [asdict(c) for c in cases],
-            }
+                tmp / ONNX_FILE, reference, processor, cfg.dtype, atol,
+                cfg.trace_batch_size, cfg.trace_sequence_length, raise_on_mismatch=False,
+            )  # fmt: skip
+            meta["validation"] = validation_record(cases, atol)
         # Written last: the folder is switched to the new export only once it describes itself.
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     # After the rename: a failed folder is in place with its evidence, and loaders refuse it.
     check_validation(cases, out / ONNX_FILE)
     return meta
+
+
+def _write_model_files(
+    tmp: Path, config: Any, processor: ZRewardProcessor, dimensions: list[Any]
+) -> tuple[Any, dict[str, str]]:
+    """The folder's config (its rubric: the exported dimensions, in graph order) and the processor's
+    files; returns that config and the SHA-256 of every file but the graph and the metadata (the loader
+    refuses a folder whose tokenizer or config is not this export's; the graph and the metadata are
+    covered by ``onnx_sha256`` and the atomic rename)."""
+    folder_config = copy.deepcopy(config)
+    folder_config.rubric = [asdict(d) for d in dimensions]
+    folder_config.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    files = {
+        p.relative_to(tmp).as_posix(): file_sha256(p)
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file() and p.name not in (ONNX_FILE, METADATA_FILE)
+    }
+    return folder_config, files
+
+
+def _metadata(
+    cfg: OnnxExportConfig,
+    config: Any,
+    folder_config: Any,
+    dims: list[str],
+    weights: torch.Tensor,
+    files: dict[str, str],
+    onnx_sha256: str,
+    source_name: str | None,
+) -> dict[str, Any]:
+    """The export's ``zreward_onnx.json`` before validation: what the graph takes and returns, what it
+    scores, where it came from, and the SHA-256 of every file (export contract, :mod:`.contract`)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "onnx_file": ONNX_FILE,
+        "onnx_sha256": onnx_sha256,
+        "files": files,
+        "dtype": cfg.dtype,
+        "opset": cfg.opset,
+        "dimensions": dims,
+        "reward_weights": [float(w) for w in weights],
+        "rubric": folder_config.rubric,
+        "score_scale": config.score_scale,
+        "score_temperature": config.score_temperature,
+        "image_size": config.image_size,
+        "num_image_tokens": config.num_image_tokens,
+        "max_prompt_tokens": config.max_prompt_tokens,
+        "text_model_type": config.text_config.model_type,
+        "vision_model_type": config.vision_config.model_type,
+        "inputs": {
+            "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+            "attention_mask": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+            "pixel_values": {
+                "dtype": "float16" if cfg.dtype == "fp16" else "float32",
+                "shape": ["batch_size", 3, config.image_size, config.image_size],
+            },
+        },
+        "outputs": {
+            "probs": {
+                "dtype": "float32",
+                "shape": ["batch_size", len(dims), len(config.score_scale["values"])],
+            },
+            "mean": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
+            "std": {"dtype": "float32", "shape": ["batch_size", len(dims)]},
+            "reward": {"dtype": "float32", "shape": ["batch_size"]},
+        },
+        "trace_shapes": {"batch_size": cfg.trace_batch_size, "sequence_length": cfg.trace_sequence_length},
+        "source_model": source_name,
+        "source_weights_sha256": weights_sha256(source_name) if source_name else None,
+        "export_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "validation": None,
+    }
 
 
 def ensure_onnx_export(

@@ -17,17 +17,19 @@ from zreward_deploy.errors import UnknownDimensionError, ZRewardInputError
 from zreward_deploy.export.contract import read_export_metadata
 from zreward_deploy.export.onnx import (
     OnnxExportConfig,
-    OnnxValidationError,
     ZRewardDummyInputGenerator,
     ZRewardOnnxConfig,
     ZRewardOnnxModel,
-    check_validation,
     export_graph,
     export_onnx,
+)
+from zreward_deploy.export.ort import create_session
+from zreward_deploy.export.validation import (
+    OnnxValidationError,
+    check_validation,
     validate_onnx,
     validation_inputs,
 )
-from zreward_deploy.export.ort import create_session
 
 TEXT_MODELS = ("qwen2", "qwen3", "llama")
 DTYPES = ("fp32", "fp16")
