@@ -5,7 +5,7 @@ Tolerance rule (flash-attention's): the kernel's max error against the fp64 orac
 PyTorch's own error in the same input dtype (``score_head_ref``) plus a small atol. The fp64 oracle sees
 the *same* rounded inputs, so both errors measure arithmetic only, not input rounding.
 
-Grid. The issue asks for N ∈ {1, 7, 64, 257}, H ∈ {64, 100, 1536, 3584}, K ∈ {2, 5, 9, 32}, three dtypes,
+Grid. The requirement: N ∈ {1, 7, 64, 257}, H ∈ {64, 100, 1536, 3584}, K ∈ {2, 5, 9, 32}, three dtypes,
 temperatures, non-contiguous inputs and upstream gradients ≠ 1. The interpreter is slow, so the grid is
 sampled: every (N, K) pair at the small H (64 with a ready ``[K, H]`` weight and T = 1; 100 with ``[V, H]``
 ``lm_head`` + ``score_ids`` and T = 0.37) in all three dtypes, plus a diagonal over the large H (1536,
