@@ -23,7 +23,6 @@ Run:  python -m zreward_deploy.bench.bench_gemm --out runs/bench_gemm [--threads
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -155,16 +154,10 @@ COLUMNS = ("shape", "provider", "median_ms", "p95_ms", "gflops", "speedup_vs_tor
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_gemm.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import config_from_argv
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_dataclass_arguments(parser, GemmBenchConfig, space_separated=True)
-    try:
-        config = dataclass_from_namespace(GemmBenchConfig, parser.parse_args(argv))
-    except ValueError as err:
-        parser.error(str(err))
+    # list flags: 1,8,32 (or 1 8 32, as before)
+    config = config_from_argv(GemmBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
     jsonl, csv_path = write_rows(rows, config.out, "bench_gemm")
     table = markdown_table(rows, COLUMNS)

@@ -27,7 +27,6 @@ Run:  zreward bench latency --out runs/bench_latency   (or python -m zreward_dep
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -397,16 +396,10 @@ def report(config: LatencyBenchConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import config_from_argv
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_dataclass_arguments(parser, LatencyBenchConfig, space_separated=True)
-    try:
-        config = dataclass_from_namespace(LatencyBenchConfig, parser.parse_args(argv))
-    except ValueError as err:  # ZRewardInputError of a list flag included: one line, exit 2
-        parser.error(str(err))
+    # list flags: 1,8,32 (or 1 8 32, as before)
+    config = config_from_argv(LatencyBenchConfig, argv, __doc__, space_separated=True)
     return report(config)
 
 

@@ -16,7 +16,6 @@ Run:  python -m zreward_deploy.bench.bench_memory --out runs/bench_memory [--siz
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -106,16 +105,10 @@ COLUMNS = ("image", "file_kib", "count", "peak_growth_mib", "bytes_per_pixel_of_
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Parse flags, run, write ``bench_memory.{jsonl,csv,md}`` under ``--out``; returns the rows."""
-    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import config_from_argv
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_dataclass_arguments(parser, MemoryBenchConfig, space_separated=True)
-    try:
-        config = dataclass_from_namespace(MemoryBenchConfig, parser.parse_args(argv))
-    except ValueError as err:
-        parser.error(str(err))
+    # list flags: 1,8,32 (or 1 8 32, as before)
+    config = config_from_argv(MemoryBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
     jsonl, csv_path = write_rows(rows, config.out, "bench_memory")
     table = markdown_table(rows, COLUMNS)

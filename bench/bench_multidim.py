@@ -16,7 +16,6 @@ Run:  python bench/bench_multidim.py --out runs/bench_multidim
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -120,17 +119,10 @@ def _run(config: MultiDimBenchConfig) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import config_from_argv
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    # --batch-sizes 1,8 (or 1 8, as before)
-    add_dataclass_arguments(parser, MultiDimBenchConfig, space_separated=True)
-    try:
-        config = dataclass_from_namespace(MultiDimBenchConfig, parser.parse_args(argv))
-    except ValueError as err:
-        parser.error(str(err))
+    # list flags: 1,8,32 (or 1 8 32, as before)
+    config = config_from_argv(MultiDimBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
     jsonl, csv_path = write_rows(rows, config.out, "bench_multidim")
     table = markdown_table(

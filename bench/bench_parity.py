@@ -22,7 +22,6 @@ Run:  zreward bench parity --out runs/bench_parity   (or python -m zreward_deplo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -244,16 +243,10 @@ def report(config: ParityBenchConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from zreward_deploy.cliargs import add_dataclass_arguments, dataclass_from_namespace
+    from zreward_deploy.cliargs import config_from_argv
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_dataclass_arguments(parser, ParityBenchConfig, space_separated=True)
-    try:
-        config = dataclass_from_namespace(ParityBenchConfig, parser.parse_args(argv))
-    except ValueError as err:  # ZRewardInputError of a list flag included: one line, exit 2
-        parser.error(str(err))
+    # list flags: 1,8,32 (or 1 8 32, as before)
+    config = config_from_argv(ParityBenchConfig, argv, __doc__, space_separated=True)
     return report(config)
 
 

@@ -425,3 +425,15 @@ def test_help_imports_neither_torch_nor_transformers(argv):
 def test_cliargs_is_light():
     loaded = _modules_after("import zreward_deploy.cliargs")
     assert not {"torch", "transformers", "numpy"} & loaded
+
+
+def test_config_from_argv_is_a_script_command_line(capsys):
+    # what the benchmarks' `python -m` entry points parse with: flags, or one error line and exit 2
+    from zreward_deploy.bench.bench_latency import LatencyBenchConfig
+    from zreward_deploy.cliargs import config_from_argv
+
+    config = config_from_argv(LatencyBenchConfig, ["--batch-sizes", "1", "8"], "doc", space_separated=True)
+    assert config.batch_sizes == (1, 8)
+    with pytest.raises(SystemExit) as exit_info:
+        config_from_argv(LatencyBenchConfig, ["--batch-sizes", "1,,8"], "doc", space_separated=True)
+    assert exit_info.value.code == 2 and "--batch-sizes" in capsys.readouterr().err.splitlines()[-1]

@@ -392,6 +392,21 @@ def dataclass_from_namespace(
 # --------------------------------------------------------------------------------------------------
 
 
+def config_from_argv(
+    cls: type[T], argv: Sequence[str] | None, description: str | None, *, space_separated: bool = False
+) -> T:
+    """The config of a ``python -m`` script from its command line: the fields as flags
+    (:func:`add_dataclass_arguments`), a bad value one ``error:`` line and exit status 2."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_dataclass_arguments(parser, cls, space_separated=space_separated)
+    try:
+        return dataclass_from_namespace(cls, parser.parse_args(argv))
+    except ValueError as err:  # a ZRewardInputError naming the flag included
+        parser.error(str(err))
+
+
 def format_fields(cls: type, title: str, width: int = 100) -> str:
     """Every field of ``cls`` as ``name: type = default`` and its help text below, under ``title``.
 
