@@ -36,7 +36,7 @@ from torch import nn
 
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import atomic_write_text, read_json_object, replace_dir
-from zreward_deploy.modeling import ZRewardModel
+from zreward_deploy.modeling import ZRewardModel, weights_from_file
 from zreward_deploy.processing import ZRewardProcessor
 
 from .config import ConfigError, TrainConfig
@@ -280,7 +280,7 @@ def _torch_load(file: Path) -> Any:
         ) from None
 
 
-def _load_weights(target: nn.Module, folder: Path) -> None:
+def _load_weights(target: ZRewardModel, folder: Path) -> None:
     """Load a checkpoint's ``*.safetensors`` into ``target``; every problem names the file."""
     from safetensors.torch import load_file
 
@@ -300,7 +300,8 @@ def _load_weights(target: nn.Module, folder: Path) -> None:
             raise damaged_checkpoint(f, f"holds NaN or infinite values in {bad[:3]}")
         weights.update(part)
     try:
-        missing, unexpected = target.load_state_dict(weights, strict=False)
+        # the files' weight names are the same on every transformers line; the modules' are not
+        missing, unexpected = target.load_state_dict(weights_from_file(target, weights), strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise damaged_checkpoint(
             folder, f"weights do not fit the model ({str(exc).splitlines()[0]})"

@@ -345,6 +345,14 @@ class ZRewardConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """``PretrainedConfig.to_dict`` with the text config's RoPE settings written for both transformers
+        lines (:func:`portable_rope_fields`)."""
+        out = super().to_dict()
+        if isinstance(out.get("text_config"), dict):
+            out["text_config"] = portable_rope_fields(out["text_config"])
+        return out
+
     def trained_dimensions(self) -> list[str] | None:
         """The rubric dimensions this model was trained to score (its training record), ``[]`` for a
         model that was never trained (a preset or a composed model), ``None`` when the model carries no
@@ -400,6 +408,25 @@ def check_training_record(record: Mapping[str, Any] | None) -> dict[str, Any] | 
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise InvalidModelError("training", f"steps must be a non-negative integer, got {steps!r}")
     return dict(record)
+
+
+def portable_rope_fields(text_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A text config dict that states its RoPE settings in the fields of both transformers lines.
+
+    transformers 5 writes them as one ``rope_parameters`` dict (``rope_theta`` inside it); 4.57 reads
+    ``rope_theta`` and ``rope_scaling`` only and would silently fall back to its default base (10000,
+    where Qwen2 uses 1e6) on a folder written under 5. This adds the two 4.57 fields beside
+    ``rope_parameters``; transformers 5 reads either form, and a dict without ``rope_parameters`` (4.57's
+    own) is returned unchanged.
+    """
+    out = dict(text_config)
+    rope = out.get("rope_parameters")
+    if not isinstance(rope, Mapping) or "rope_theta" not in rope:
+        return out
+    out.setdefault("rope_theta", rope["rope_theta"])
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    out.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
+    return out
 
 
 def _channel_values(name: str, values: Any) -> list[float]:

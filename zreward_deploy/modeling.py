@@ -17,8 +17,9 @@ Two ways to read scores:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +37,16 @@ from .kernels.score_head import ScoreHeadOutput, score_head
 
 SUPPORTED_TEXT_MODELS = ("qwen2", "qwen3", "llama")
 SUPPORTED_VISION_MODELS = ("siglip_vision_model", "clip_vision_model")
+
+# Weight names in files. transformers 5 removed the `vision_model` wrapper module of SiglipVisionModel and
+# CLIPVisionModel, so in memory the tower's weights are `vision_tower.embeddings...` there and
+# `vision_tower.vision_model.embeddings...` under 4.57. Files always carry the 4.57 names (every folder
+# written so far has them), so a folder written under either line loads under the other: the ONNX exporter
+# needs optimum-onnx, which installs only beside 4.57. transformers 5's `from_pretrained` maps these names
+# to its modules itself (its checkpoint conversion mapping for CLIPVisionModel and SiglipVisionModel);
+# `weights_from_file` does it for a plain `load_state_dict` (training/checkpoints.py).
+_TOWER = "vision_tower."
+_TOWER_IN_FILES = "vision_tower.vision_model."
 
 
 @dataclass
@@ -79,12 +90,28 @@ class ScoreHead(nn.Module):
                 "score_token_ids",
                 "are not set; build the config with the tokenizer (see presets.build_model)",
             )
-        self.register_buffer(
-            "score_ids", torch.tensor(config.score_token_ids, dtype=torch.long), persistent=False
-        )
-        self.register_buffer("values", config.get_score_scale().values_tensor(), persistent=False)
+        self._score_token_ids = [int(i) for i in config.score_token_ids]
+        self._values = [float(v) for v in config.get_score_scale().values]
+        k = len(self._score_token_ids)
+        self.register_buffer("score_ids", torch.empty(k, dtype=torch.long), persistent=False)
+        self.register_buffer("values", torch.empty(k, dtype=torch.float32), persistent=False)
+        self.fill_buffers()
         self.temperature = config.score_temperature
         self.backend = config.score_head_backend
+
+    @torch.no_grad()
+    def fill_buffers(self) -> None:
+        """Write the score-token ids and score values (constants of the config) into the buffers.
+
+        The buffers are non-persistent (not in the weights file), so whatever builds the module must fill
+        them: ``__init__`` does, and so does ``ZRewardPreTrainedModel._init_weights``, which transformers 5
+        calls after ``from_pretrained`` gave every non-persistent buffer fresh, uninitialised storage.
+        """
+        # the device is explicit: a meta-device context may be active around __init__
+        self.score_ids.copy_(
+            torch.tensor(self._score_token_ids, dtype=torch.long, device=self.score_ids.device)
+        )
+        self.values.copy_(torch.tensor(self._values, dtype=torch.float32, device=self.values.device))
 
     def forward(
         self, hidden: torch.Tensor, lm_head_weight: torch.Tensor, return_logprobs: bool = False
@@ -118,6 +145,12 @@ class ZRewardPreTrainedModel(PreTrainedModel):
             for linear in (module.linear_1, module.linear_2):
                 nn.init.normal_(linear.weight, std=std)
                 nn.init.zeros_(linear.bias)
+        elif isinstance(module, ScoreHead):
+            # transformers 5 builds the model on the meta device inside `from_pretrained`, then gives
+            # non-persistent buffers `torch.empty_like` storage and expects `_init_weights` to refill them
+            # (PreTrainedModel._move_missing_keys_from_meta_to_device); 4.57 kept them from __init__.
+            # Without this the score ids are uninitialised memory: an IndexError or silently wrong rows.
+            module.fill_buffers()
 
 
 class ZRewardModel(ZRewardPreTrainedModel):
@@ -164,16 +197,20 @@ class ZRewardModel(ZRewardPreTrainedModel):
         """Load from a local directory of safetensors weights; pickle checkpoints are refused.
 
         Missing or mis-shaped weights and a config of another model type raise
-        :class:`~zreward_deploy.errors.InvalidModelError` naming the directory.
+        :class:`~zreward_deploy.errors.InvalidModelError` naming the directory. The weights load in
+        ``dtype`` (``torch_dtype`` is accepted too), by default torch's default dtype (float32) whatever
+        the folder stores (:func:`load_dtype`).
         """
         directory = Path(pretrained_model_name_or_path)
         check_model_dir(directory)
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("local_files_only", True)
+        kwargs["dtype"] = load_dtype(kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None))
         if kwargs.get("config") is None:
             kwargs["config"] = load_config(directory)  # config errors name config.json
         try:
-            model, info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
+            with quiet_progress_bars():
+                model, info = super().from_pretrained(directory, *args, output_loading_info=True, **kwargs)
         except InvalidModelError:
             raise
         except Exception as exc:  # config values transformers refuses, shapes torch refuses, ...
@@ -192,6 +229,22 @@ class ZRewardModel(ZRewardPreTrainedModel):
             )
         check_finite_weights(model, directory)
         return model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *args: Any,
+        state_dict: Mapping[str, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``PreTrainedModel.save_pretrained`` under the file weight names of :func:`weights_for_file`
+        (the same on transformers 4.57 and 5), without a progress bar.
+
+        ``state_dict`` (module names, e.g. gathered from a wrapped model) defaults to ``self.state_dict()``.
+        """
+        weights = weights_for_file(self, self.state_dict() if state_dict is None else state_dict)
+        with quiet_progress_bars():
+            super().save_pretrained(save_directory, *args, state_dict=weights, **kwargs)
 
     # -- building blocks ------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -345,6 +398,58 @@ def multi_suffix_mask(
         [idx[:prefix].unsqueeze(0).expand(batch, -1), num_image + valid_prompt + offsets.unsqueeze(0)], dim=1
     )
     return mask.unsqueeze(1), position_ids
+
+
+def weights_for_file(model: ZRewardModel, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module weight names -> the names files carry (``vision_tower.vision_model.*`` for the tower on
+    every transformers line; see ``_TOWER_IN_FILES``). Tensors are not copied."""
+    if hasattr(model.vision_tower, "vision_model"):  # transformers 4.x: the module names are the file names
+        return dict(state_dict)
+    return {
+        (_TOWER_IN_FILES + k[len(_TOWER) :] if k.startswith(_TOWER) else k): v for k, v in state_dict.items()
+    }
+
+
+def weights_from_file(model: ZRewardModel, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """File weight names -> ``model``'s module names (the inverse of :func:`weights_for_file`)."""
+    if hasattr(model.vision_tower, "vision_model"):
+        return dict(weights)
+    return {
+        (_TOWER + k[len(_TOWER_IN_FILES) :] if k.startswith(_TOWER_IN_FILES) else k): v
+        for k, v in weights.items()
+    }
+
+
+def load_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype to pass to ``from_pretrained``: ``dtype``, or torch's default dtype (float32) if None.
+
+    Always passed explicitly because the two transformers lines differ when it is left out: 4.57 loads
+    weights in torch's default dtype, 5 in the dtype the checkpoint's config records (``dtype="auto"``,
+    ``modeling_utils._get_dtype``), so a bf16 folder or a bf16 Qwen checkpoint would load as bf16 under
+    5 and as float32 under 4.57, and be trained or scored in another precision.
+    """
+    return torch.get_default_dtype() if dtype is None else dtype
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' progress bars inside the block and restore the setting after it.
+
+    transformers 5 draws "Loading weights" and "Writing model shards" bars on stderr for every load and
+    save, even of one small file (4.57 only for sharded checkpoints): noise in a command whose stderr
+    carries its errors, and in a scorer loaded in a loop. The switch is process-wide in transformers, so
+    it is scoped to the block rather than set once.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def save_model_dir(

@@ -15,7 +15,14 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoT
 
 from .config import ScoreScale, ZRewardConfig
 from .errors import InvalidModelError
-from .modeling import SUPPORTED_TEXT_MODELS, ScoreHead, ZRewardModel, ZRewardProjector
+from .modeling import (
+    SUPPORTED_TEXT_MODELS,
+    ScoreHead,
+    ZRewardModel,
+    ZRewardProjector,
+    load_dtype,
+    quiet_progress_bars,
+)
 from .processing import ZRewardProcessor
 from .tokenization import build_tokenizer
 
@@ -131,7 +138,9 @@ def build_preset(
         name: ``"tiny"`` or ``"bench-small"``.
         text_model_type: ``"qwen2"``, ``"qwen3"`` or ``"llama"``.
         vision_model_type: ``"siglip"`` or ``"clip"``.
-        seed: weights are a pure function of the seed (the global RNG is left untouched).
+        seed: weights are a pure function of the seed (the global RNG is left untouched) on one
+            transformers line; 4.57 and 5 initialise the modules in another order, so the same seed
+            gives other weights on each.
         score_scale: defaults to the 1..5 integer scale.
         rubric: defaults to the four paper dimensions.
         **config_kwargs: further :class:`ZRewardConfig` fields (templates, score_temperature, ...).
@@ -180,7 +189,8 @@ def compose(
         language_dir: a Qwen2/Qwen3/Llama causal-LM checkpoint with its tokenizer.
         score_scale, rubric, **config_kwargs: as in :func:`build_preset`.
         seed: initialisation of the (new) projector.
-        torch_dtype: load the components in this dtype (default: as stored).
+        torch_dtype: load the components in this dtype (default: torch's default dtype, float32,
+            whatever the checkpoints store; see ``modeling.load_dtype``).
 
     Returns:
         ``(model, processor)``. The projector is freshly initialised: train it before use.
@@ -218,11 +228,12 @@ def compose(
         rubric=rubric,
         **{"training": {"method": "compose", "dimensions": []}, **config_kwargs},
     )
-    load = {"local_files_only": True, "use_safetensors": True, "torch_dtype": torch_dtype}
+    load = {"local_files_only": True, "use_safetensors": True, "dtype": load_dtype(torch_dtype)}
     try:
         vision_cls = type(_meta_model(config).vision_tower)
-        vision = vision_cls.from_pretrained(vision_dir, config=v_config, **load)
-        language = AutoModelForCausalLM.from_pretrained(language_dir, **load)
+        with quiet_progress_bars():
+            vision = vision_cls.from_pretrained(vision_dir, config=v_config, **load)
+            language = AutoModelForCausalLM.from_pretrained(language_dir, **load)
     except OSError as exc:
         raise InvalidModelError(
             f"{vision_dir} / {language_dir}", f"cannot load component weights: {exc}"

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .config import ZRewardConfig, fill_template, load_config
 from .errors import InvalidImageError, InvalidModelError, InvalidPromptError
-from .fileio import read_json_object
+from .fileio import atomic_write_text, read_json_object
 from .imagefile import (  # noqa: F401 - probe_image_file: re-exported for callers of this module
     DEFAULT_MAX_IMAGE_PIXELS,
     check_image_size,
@@ -346,6 +346,29 @@ def preprocess_tensor(
 PROCESSOR_FILE = "zreward_processor.json"
 
 
+def portable_tokenizer_config(path: Path) -> None:
+    """Rewrite the ``tokenizer_config.json`` that transformers 5 wrote in the form 4.57 reads too (5 reads
+    both forms alike), so that a model folder written under either line loads under the other.
+
+    transformers 5 names the class of a plain ``tokenizers``-backed tokenizer (the offline one of
+    ``tokenization.py``) ``TokenizersBackend``, which 4.57 does not have; its alias
+    ``PreTrainedTokenizerFast`` is the 4.57 class. It also writes the extra special tokens as a list
+    under ``extra_special_tokens``, where 4.57 expects a dict of named tokens and reads the list from
+    ``additional_special_tokens``. A file that 4.57 wrote is left as it is.
+    """
+    if not path.is_file():
+        return
+    fields = json.loads(path.read_text(encoding="utf-8"))
+    before = dict(fields)
+    if fields.get("tokenizer_class") == "TokenizersBackend":
+        fields["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(fields.get("extra_special_tokens"), list):
+        extra = fields.pop("extra_special_tokens")
+        fields.setdefault("additional_special_tokens", extra)
+    if fields != before:
+        atomic_write_text(path, json.dumps(fields, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 class ZRewardProcessor:
     """Turns (images, prompts, dimensions) into model inputs, following the model's config.
 
@@ -382,6 +405,7 @@ class ZRewardProcessor:
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.tokenizer.save_pretrained(directory)
+        portable_tokenizer_config(Path(directory, "tokenizer_config.json"))
         Path(directory, PROCESSOR_FILE).write_text(
             json.dumps({"max_image_pixels": self.max_image_pixels}, indent=2) + "\n"
         )
@@ -396,13 +420,18 @@ class ZRewardProcessor:
         has unknown or invalid settings, a config that cannot be read) raises :class:`InvalidModelError`
         naming the folder or the file.
         """
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PretrainedConfig
 
         directory = str(directory)
         if config is None:
             config = load_config(directory)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            # tokenizer_config.json names the class. An empty config keeps AutoTokenizer (transformers 5
+            # always) from reading config.json, whose model type (zreward_vlm) it does not know, and
+            # warning; it falls back to such an empty config then anyway.
+            tokenizer = AutoTokenizer.from_pretrained(
+                directory, config=PretrainedConfig(), local_files_only=True
+            )
         except Exception as exc:  # the Rust tokenizer raises a bare Exception on a corrupt tokenizer.json
             raise InvalidModelError(
                 directory, f"no usable tokenizer in the model directory ({type(exc).__name__}: {exc})"

@@ -283,7 +283,7 @@ class Scorer(BaseScorer):
     def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
         """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
         dtype = kwargs.get("dtype")
-        load = {"torch_dtype": dtype} if dtype is not None else {}
+        load = {"dtype": dtype} if dtype is not None else {}
         model = ZRewardModel.from_pretrained(model_dir, **load)
         processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
         return cls(model, processor, **kwargs)

@@ -11,6 +11,7 @@ from zreward_deploy.bench.bench_latency import LatencyBenchConfig, percentile
 from zreward_deploy.cli import main
 
 
+@pytest.mark.usefixtures("onnx_exporter")
 def test_latency_bench_writes_every_format(tmp_path, capsys):
     import torch
 
@@ -68,6 +69,7 @@ def test_config_is_validated():
         LatencyBenchConfig(batch_sizes=(0,))
 
 
+@pytest.mark.usefixtures("onnx_exporter")
 def test_interleaved_timing_is_still_available(tmp_path):
     code = main(
         [

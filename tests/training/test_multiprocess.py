@@ -136,7 +136,9 @@ def test_two_processes_match_one(method, small_data, tmp_path, one_thread):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=rel, atol=atol, msg=k)
     # the weights moved: the comparison is not between two untouched initialisations
+    from zreward_deploy.modeling import weights_for_file
     from zreward_deploy.presets import build_preset
 
-    init = dict(build_preset("tiny", seed=0)[0].state_dict())
+    preset = build_preset("tiny", seed=0)[0]
+    init = weights_for_file(preset, preset.state_dict())  # the file's names (modeling.weights_for_file)
     assert any(not torch.equal(init[k], w1[k]) for k in w1)
