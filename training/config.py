@@ -339,10 +339,12 @@ def _comma_list(name: str, text: str) -> list[Any]:
     is refused naming the field."""
     import yaml
 
-    parts = [p.strip() for p in text.split(",")]
-    if any(not p for p in parts):
-        raise ConfigError(name, f"expected comma-separated values such as a,b; got {text!r}")
-    return [yaml.safe_load(p) for p in parts]
+    from zreward_deploy.cliargs import parse_list
+
+    try:
+        return parse_list(text, name, yaml.safe_load) or []
+    except ZRewardInputError as exc:  # the trainers' configs raise their own subclass
+        raise ConfigError(name, exc.reason) from None
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

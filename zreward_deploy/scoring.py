@@ -211,10 +211,13 @@ class BaseScorer:
         return self._forward(self.processor.pixel_values(images), input_ids, attention_mask, dimensions)
 
     def _chunks(self, prompt_ids: dict[int, list[int]]) -> Iterator[list[int]]:
-        # Longest prompts first: micro-batches of similar lengths waste little compute on padding.
-        order = sorted(prompt_ids, key=lambda i: -len(prompt_ids[i]))
+        order = self._order(prompt_ids)
         for start in range(0, len(order), self.max_batch_size):
             yield order[start : start + self.max_batch_size]
+
+    def _order(self, prompt_ids: dict[int, list[int]]) -> list[int]:
+        # Longest prompts first: micro-batches of similar lengths waste little compute on padding.
+        return sorted(prompt_ids, key=lambda i: -len(prompt_ids[i]))
 
     def dimension_names(self, dimensions: Sequence[str] | str | None = None) -> list[str]:
         """The dimensions a call scores: those named (any rubric dimension, in the order given); by
@@ -379,11 +382,9 @@ class ReasoningScorer(BaseScorer):
         self.images_scored = 0
         self._calls = 0
 
-    def _chunks(self, prompt_ids: dict[int, list[int]]) -> Iterator[list[int]]:
+    def _order(self, prompt_ids: dict[int, list[int]]) -> list[int]:
         # In input order (sampling is seeded per call: the same items, the same traces)
-        order = sorted(prompt_ids)
-        for start in range(0, len(order), self.max_batch_size):
-            yield order[start : start + self.max_batch_size]
+        return sorted(prompt_ids)
 
     def _score_chunk(
         self,
