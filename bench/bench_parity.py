@@ -47,6 +47,10 @@ class ParityBenchConfig:
         metadata={"help": f"variants to compare: {', '.join(BACKEND_VARIANTS)}"},
     )
     batch_size: int = field(default=8, metadata={"help": "images per scoring call"})
+    exporter: str = field(
+        default="auto",
+        metadata={"help": "ONNX exporter: optimum, torch, or auto (optimum where installed, else torch)"},
+    )
     device: str = field(default="cpu", metadata={"help": "device of torch and ONNX Runtime (cpu or cuda)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
     exports: str | None = field(
@@ -86,15 +90,18 @@ def prepare_model(model: str | None, preset: str, text_model: str, out: Path) ->
     return path
 
 
-def prepare_export(model_dir: Path, exports: Path, variant: str) -> Path:
-    """The ONNX export a variant runs from (``<exports>/<dtype>``; reused when it matches the weights)."""
+def prepare_export(model_dir: Path, exports: Path, variant: str, exporter: str = "auto") -> Path:
+    """The ONNX export a variant runs from (``<exports>/<dtype>``; reused when it matches the weights and
+    the settings, ``exporter`` included)."""
     from zreward_deploy.export.onnx import OnnxExportConfig, ensure_onnx_export
 
     dtype = variant.split("-")[1]
-    return ensure_onnx_export(model_dir, exports / dtype, OnnxExportConfig(dtype=dtype))
+    return ensure_onnx_export(model_dir, exports / dtype, OnnxExportConfig(dtype=dtype, exporter=exporter))
 
 
-def load_variant(model_dir: Path, exports: Path, variant: str, device: str, batch_size: int) -> Any:
+def load_variant(
+    model_dir: Path, exports: Path, variant: str, device: str, batch_size: int, exporter: str = "auto"
+) -> Any:
     """A scorer for ``torch`` or a backend variant (exporting / building what it needs)."""
     from zreward_deploy.scoring import load_scorer
 
@@ -105,7 +112,7 @@ def load_variant(model_dir: Path, exports: Path, variant: str, device: str, batc
         from zreward_deploy.export.tensorrt import import_tensorrt
 
         import_tensorrt()  # fail with the install hint before exporting anything
-    onnx_dir = prepare_export(model_dir, exports, variant)
+    onnx_dir = prepare_export(model_dir, exports, variant, exporter)
     if backend == "onnx":
         return load_scorer(onnx_dir, backend="onnx", device=device, max_batch_size=batch_size)
     return load_scorer(onnx_dir, backend="tensorrt", device="cuda", max_batch_size=batch_size)
@@ -192,9 +199,10 @@ def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:
     rows = []
     for variant in config.backends:
         progress(f"parity: {variant}: exporting if needed, loading, scoring {len(records)} records ...")
-        scorer = load_variant(model_dir, exports, variant, config.device, config.batch_size)
+        scorer = load_variant(model_dir, exports, variant, config.device, config.batch_size, config.exporter)
         ev = evaluate(scorer, records, batch_size=config.batch_size)
-        row = {"bench": "parity", "backend": variant, **parity_row(reference, ev)}
+        exported_by = scorer.metadata.get("exporter")  # the ONNX graph's exporter (TensorRT builds on it)
+        row = {"bench": "parity", "backend": variant, "exporter": exported_by, **parity_row(reference, ev)}
         fp16 = variant.endswith("fp16")
         max_dprobs = config.fp16_max_dprobs if fp16 else config.fp32_max_dprobs
         min_agreement = config.fp16_min_agreement if fp16 else config.fp32_min_agreement
@@ -217,6 +225,7 @@ def _run(config: ParityBenchConfig) -> list[dict[str, Any]]:
 
 COLUMNS = (
     "backend",
+    "exporter",
     "n_items",
     "n_pairs",
     "max_abs_dprobs",

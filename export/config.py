@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from zreward_deploy.errors import ZRewardInputError
 
-from .contract import DTYPES, OPSET, OPSET_RANGE
+from .contract import DTYPES, EXPORTERS, OPSET, OPSET_RANGE
 
 
 @dataclass
@@ -45,10 +45,22 @@ class OnnxExportConfig:
     overwrite: bool = field(
         default=False, metadata={"help": "replace a non-empty output folder (atomically, once written)"}
     )
+    exporter: str = field(
+        default="auto",
+        metadata={
+            "help": "optimum (optimum-onnx; installs only beside transformers 4.57), torch (torch.onnx, "
+            "any transformers line), or auto: optimum where it is installed, torch otherwise",
+            "choices": ("auto", *EXPORTERS),
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ZRewardInputError("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        if self.exporter not in ("auto", *EXPORTERS):
+            raise ZRewardInputError(
+                "exporter", f"must be one of {('auto', *EXPORTERS)}, got {self.exporter!r}"
+            )
         if self.dimensions is not None:
             self.dimensions = tuple(self.dimensions)
         # 14: scaled_dot_product_attention's lowering; 20: the TorchScript exporter's maximum (torch 2.13)

@@ -38,6 +38,20 @@ DTYPES = ("fp32", "fp16")
 OPSET = 18
 """The default ONNX opset; exports accept :data:`OPSET_RANGE`."""
 OPSET_RANGE = (14, 20)
+ATOL = {"fp32": 1e-4, "fp16": 1e-2}
+"""Default validation tolerance on probs, by graph dtype; mean/std/reward get it times the score range."""
+EXPORTERS = ("optimum", "torch")
+"""The two ONNX exporters: optimum-onnx (installs only beside transformers 4.57) and torch.onnx (the
+TorchScript exporter, on every transformers line); both trace the same module with the same inputs and
+:data:`DYNAMIC_AXES`, and go through the same validation."""
+DYNAMIC_AXES: dict[str, dict[int, str]] = {
+    "input_ids": {0: "batch_size", 1: "sequence_length"},
+    "attention_mask": {0: "batch_size", 1: "sequence_length"},
+    "pixel_values": {0: "batch_size"},
+    **{name: {0: "batch_size"} for name in OUTPUT_NAMES},
+}
+"""Batch and text length are dynamic; the image size is fixed by the vision tower; D and K by the rubric
+and the score scale."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +222,9 @@ def _check_metadata_fields(meta: dict[str, Any], path: Path) -> None:
     check_graph_outputs(
         meta, {n: o.get("shape") for n, o in outputs.items() if isinstance(o, dict)}, f"{where} (outputs)"
     )
+    exporter = meta.get("exporter")  # absent in exports made before there were two exporters
+    if exporter is not None and exporter not in EXPORTERS:
+        raise InvalidModelError(where, f"exporter {exporter!r} is not one of {EXPORTERS}")
     if "validation" not in meta:
         raise InvalidModelError(where, "has no validation record (null when the export was not validated)")
     validation = meta["validation"]

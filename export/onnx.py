@@ -1,15 +1,25 @@
-"""ONNX export of a :class:`~zreward_deploy.modeling.ZRewardModel` through optimum-onnx (docs/design.md §9).
+"""ONNX export of a :class:`~zreward_deploy.modeling.ZRewardModel` (docs/design.md §9, docs/export.md).
 
 Pipeline: :class:`ZRewardOnnxModel` (the graph contract: three inputs, four outputs, the rubric's suffixes
-and reward weights baked in as constants) -> :class:`ZRewardOnnxConfig` (optimum's declarative description:
-inputs, outputs, dynamic axes, opset, ATOL, dummy inputs) -> ``optimum.exporters.onnx.export`` -> validation
-in ONNX Runtime at shapes the trace never saw -> a self-describing folder::
+and reward weights baked in as constants) -> one of two exporters, both tracing that module with the same
+:func:`trace_inputs`, :data:`~.contract.DYNAMIC_AXES` and opset -> validation in ONNX Runtime at shapes
+the trace never saw -> a self-describing folder::
 
     model.onnx              the graph
     config.json             the model config; its rubric lists the exported dimensions in graph order
     tokenizer files         so ZRewardProcessor.from_pretrained(folder) preprocesses exactly as for torch
     zreward_processor.json
-    zreward_onnx.json       rubric, score scale, reward weights, dtype, contract, versions, validation
+    zreward_onnx.json       rubric, score scale, reward weights, dtype, exporter, contract, versions,
+                            validation
+
+The exporters (``OnnxExportConfig.exporter``; the one used is the metadata's ``exporter``):
+
+* ``optimum`` — optimum-onnx's ``export`` with :class:`~.optimum_config.ZRewardOnnxConfig`. optimum-onnx
+  0.1.0, its newest release, pins ``transformers<4.58``, so it exists only on the 4.57 line.
+* ``torch`` — ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``), on every transformers
+  line. optimum-onnx calls the same function underneath; what it adds are patches for ops and masking
+  helpers that this graph does not reach (the model builds its own 4-D mask and never uses a KV cache).
+* ``auto`` (default) — ``optimum`` where it is installed, ``torch`` otherwise.
 
 Why validation at other shapes: the exporter traces one batch (B=2, S=16 by default). Anything the trace
 turned into a constant by accident (a Python ``int`` taken from a shape, a branch on a value) still
@@ -38,9 +48,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +60,9 @@ from zreward_deploy.processing import ZRewardProcessor
 
 from .config import OnnxExportConfig
 from .contract import (
+    ATOL,
+    DYNAMIC_AXES,
+    EXPORTERS,
     FORMAT,
     FORMAT_VERSION,
     INPUT_NAMES,
@@ -67,23 +79,10 @@ from .validation import (
     OnnxValidationError,
     ValidationCase,
     check_validation,
+    trace_inputs,
     validate_onnx,
     validation_record,
 )
-
-try:  # optimum-onnx is the `onnx` extra; without it this module cannot work, so say which extra
-    from optimum.exporters.onnx import OnnxConfig
-    from optimum.exporters.onnx import export as optimum_export
-    from optimum.utils import DummyInputGenerator, NormalizedTextAndVisionConfig
-    from optimum.utils.input_generators import DTYPE_MAPPER
-except ImportError as _exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("optimum-onnx", "onnx", "ONNX export") from _exc
-
-
-# --------------------------------------------------------------------------------------------------
-# The exporter's config
-# --------------------------------------------------------------------------------------------------
-
 
 # --------------------------------------------------------------------------------------------------
 # The graph contract as a module
@@ -134,89 +133,43 @@ class ZRewardOnnxModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# optimum: dummy inputs and the OnnxConfig
+# Trace inputs and the two exporters
 # --------------------------------------------------------------------------------------------------
 
 
-class ZRewardDummyInputGenerator(DummyInputGenerator):
-    """Deterministic trace inputs: token ids, a right-padded ragged mask, and images of the model's size.
-
-    Seeded (``numpy.random.default_rng(seed)``), unlike optimum's generic generators that draw from the
-    global ``random`` module, so an export is reproducible. Row ``i`` of the mask keeps
-    ``max(1, S - i)`` tokens: the trace sees padding, as real batches do.
-    """
-
-    SUPPORTED_INPUT_NAMES = INPUT_NAMES
-
-    def __init__(
-        self,
-        task: str,
-        normalized_config: Any,
-        batch_size: int = 2,
-        sequence_length: int = 16,
-        seed: int = 0,
-        **kwargs: Any,
-    ):
-        self.task = task
-        self.vocab_size = int(normalized_config.vocab_size)
-        self.image_size = int(normalized_config.image_size)
-        self.batch_size = batch_size
-        self.sequence_length = sequence_length
-        self.seed = seed
-
-    def generate(
-        self, input_name: str, framework: str = "pt", int_dtype: str = "int64", float_dtype: str = "fp32"
-    ) -> Any:
-        rng = np.random.default_rng([self.seed, INPUT_NAMES.index(input_name)])
-        b, s = self.batch_size, self.sequence_length
-        if input_name == "input_ids":
-            array, dtype = rng.integers(0, self.vocab_size, (b, s)), int_dtype
-        elif input_name == "attention_mask":
-            lengths = np.maximum(1, s - np.arange(b))
-            array, dtype = (np.arange(s)[None, :] < lengths[:, None]), int_dtype
-        else:
-            array, dtype = rng.standard_normal((b, 3, self.image_size, self.image_size)), float_dtype
-        if framework == "pt":
-            return torch.from_numpy(np.ascontiguousarray(array)).to(DTYPE_MAPPER.pt(dtype))
-        return np.ascontiguousarray(array).astype(DTYPE_MAPPER.np(dtype))
+def optimum_available() -> bool:
+    """Whether optimum-onnx's exporter imports here (the ``onnx`` extra on transformers 4.57)."""
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-class ZRewardOnnxConfig(OnnxConfig):
-    """optimum-onnx description of the ``zreward_vlm`` graph contract (docs/design.md §9).
-
-    Batch and text length are dynamic; the image size is fixed by the vision tower; D and K are fixed by
-    the rubric and the score scale. Not registered in optimum's ``TasksManager`` (no global registration):
-    :func:`export_onnx` passes it explicitly.
-    """
-
-    NORMALIZED_CONFIG_CLASS = NormalizedTextAndVisionConfig.with_args(
-        text_config="text_config", vision_config="vision_config"
-    )
-    DUMMY_INPUT_GENERATOR_CLASSES = (ZRewardDummyInputGenerator,)
-    DEFAULT_ONNX_OPSET = OPSET
-    # Tolerance on probs, by float dtype; mean/std/reward are compared at this times the score range.
-    ATOL_FOR_VALIDATION: ClassVar[dict[str, float]] = {"fp32": 1e-4, "fp16": 1e-2}
-
-    @property
-    def inputs(self) -> dict[str, dict[int, str]]:
-        text = {0: "batch_size", 1: "sequence_length"}
-        return {"input_ids": dict(text), "attention_mask": dict(text), "pixel_values": {0: "batch_size"}}
-
-    @property
-    def outputs(self) -> dict[str, dict[int, str]]:
-        return {name: {0: "batch_size"} for name in OUTPUT_NAMES}
-
-    @property
-    def values_override(self) -> dict[str, Any] | None:
-        return None  # the model never uses a KV cache when scoring; nothing to override in its config
+def resolve_exporter(name: str) -> str:
+    """``auto`` -> ``optimum`` where optimum-onnx imports, else ``torch``; an explicit ``optimum`` without
+    it raises :class:`~zreward_deploy.errors.MissingDependencyError` naming the extra."""
+    if name not in ("auto", *EXPORTERS):
+        raise ZRewardInputError("exporter", f"must be one of {('auto', *EXPORTERS)}, got {name!r}")
+    if name == "auto":
+        return "optimum" if optimum_available() else "torch"
+    if name == "optimum" and not optimum_available():
+        raise MissingDependencyError(
+            "optimum-onnx",
+            "optimum",
+            "ONNX export with --exporter optimum",
+            "(which installs transformers 4.57, optimum-onnx's pin), or use --exporter torch, which works "
+            "on every transformers line",
+        )
+    return name
 
 
 @contextlib.contextmanager
 def tracing_context() -> Iterator[None]:
-    """Scope of the TorchScript trace that optimum runs.
+    """Scope of the TorchScript trace that both exporters run.
 
-    optimum-onnx 0.1.0 calls ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter; the dynamo
-    exporter also needs ``onnxscript``, which the ``onnx`` extra does not install). That exporter warns
+    optimum-onnx 0.1.0 calls ``torch.onnx.export(..., dynamo=False)``, as the ``torch`` exporter does (the
+    dynamo exporter also needs ``onnxscript``, which the ``onnx`` extra does not install). That exporter warns
     (``TracerWarning``) wherever a Python number comes out of a tensor. In ``ZRewardModel.forward`` these
     are the suffix lengths, constants of the rubric by design (the answer positions are static indices),
     so the warnings are silenced here, and only here; validation at other shapes is what proves that no
@@ -232,23 +185,43 @@ def tracing_context() -> Iterator[None]:
 
 def export_graph(
     module: nn.Module,
-    onnx_config: ZRewardOnnxConfig,
     output: Path,
-    opset: int,
-    trace_shapes: dict[str, int],
+    exporter: str,
+    opset: int = OPSET,
+    dtype: str = "fp32",
+    trace_shapes: dict[str, int] | None = None,
 ) -> None:
-    """Run optimum's exporter on ``module`` (a :class:`ZRewardOnnxModel` or a test double)."""
+    """Trace ``module`` (a :class:`ZRewardOnnxModel` or a test double whose ``config`` is the model's) to
+    ``output`` with ``exporter`` (``optimum`` or ``torch``; see :func:`resolve_exporter`)."""
+    shapes = {"batch_size": 2, "sequence_length": 16, **(trace_shapes or {})}
+    config = module.config
     with tracing_context():
-        optimum_export(
-            model=module.eval(),
-            config=onnx_config,
-            output=output,
-            opset=opset,
-            device="cpu",
-            input_shapes=trace_shapes,
-            # optimum casts its numpy dummies to fp16 for the dynamic-axes check only when told
-            dtype="fp16" if onnx_config.float_dtype == "fp16" else None,
-        )
+        if exporter == "optimum":
+            from .optimum_config import export_with_optimum
+
+            export_with_optimum(module, config, output, opset, dtype, shapes)
+        elif exporter == "torch":
+            inputs = trace_inputs(
+                int(config.text_config.vocab_size),
+                int(config.image_size),
+                shapes["batch_size"],
+                shapes["sequence_length"],
+                dtype,
+            )
+            torch.onnx.export(
+                module.eval(),
+                (),
+                str(output),
+                kwargs=inputs,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: dict(axes) for name, axes in DYNAMIC_AXES.items()},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        else:
+            raise ZRewardInputError("exporter", f"must be one of {EXPORTERS}, got {exporter!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +286,7 @@ def export_onnx(
         model: a :class:`ZRewardModel` (with ``processor``) or a model directory.
         out_dir: the export folder (created; must be empty unless ``config.overwrite``, which replaces it;
             never the model directory, inside it, or containing it).
-        config: export settings (dtype, dimensions, opset, trace shape, tolerance).
+        config: export settings (dtype, dimensions, opset, trace shape, tolerance, exporter).
         processor: the model's processor when ``model`` is an object.
 
     Returns:
@@ -321,11 +294,13 @@ def export_onnx(
 
     Raises:
         ZRewardInputError: ``out_dir`` is not allowed (see :func:`~zreward_deploy.fileio.check_output_dir`).
+        MissingDependencyError: ``config.exporter`` is ``optimum`` and optimum-onnx is not installed.
         OnnxValidationError: the graph disagrees with torch at a validation shape. The folder is still
             written, with ``validation.passed: false`` for inspection; loaders refuse it unless told
             ``allow_failed_validation``.
     """
     cfg = config or OnnxExportConfig()
+    exporter = resolve_exporter(cfg.exporter)  # before any work: an exporter that is missing is named now
     source_dir = _source_dir(model)
     # Before loading anything: the folder rule, and never a folder that is, holds or lies in the source.
     out = check_output_dir(
@@ -344,13 +319,12 @@ def export_onnx(
     reference = ZRewardOnnxModel(copy.deepcopy(source).float().eval(), suffixes, weights)
     exported = copy.deepcopy(source).to(TORCH_DTYPES[cfg.dtype]).eval()
     graph = ZRewardOnnxModel(exported, suffixes, weights)
-    onnx_config = ZRewardOnnxConfig(exported.config, task="feature-extraction", float_dtype=cfg.dtype)
-    atol = cfg.atol if cfg.atol is not None else ZRewardOnnxConfig.ATOL_FOR_VALIDATION[cfg.dtype]
+    atol = cfg.atol if cfg.atol is not None else ATOL[cfg.dtype]
     trace = {"batch_size": cfg.trace_batch_size, "sequence_length": cfg.trace_sequence_length}
 
     cases: list[ValidationCase] = []
     with atomic_directory(out) as tmp:
-        export_graph(graph, onnx_config, tmp / ONNX_FILE, cfg.opset, trace)
+        export_graph(graph, tmp / ONNX_FILE, exporter, cfg.opset, cfg.dtype, trace)
         if any(p.name != ONNX_FILE for p in tmp.iterdir()):
             raise OnnxValidationError(
                 "the export wrote external data files; models over 2 GB are not supported yet"
@@ -358,6 +332,7 @@ def export_onnx(
         folder_config, files = _write_model_files(tmp, source.config, processor, [rubric[n] for n in dims])
         onnx_sha256 = file_sha256(tmp / ONNX_FILE)
         meta = _metadata(cfg, source.config, folder_config, dims, weights, files, onnx_sha256, source_name)
+        meta["exporter"] = exporter  # what ran (cfg.exporter, in export_config, may say "auto")
         if cfg.validate:
             cases = validate_onnx(
                 tmp / ONNX_FILE, reference, processor, cfg.dtype, atol,

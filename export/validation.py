@@ -188,3 +188,28 @@ def validation_record(cases: Sequence[ValidationCase], atol: float) -> dict[str,
         "passed": all(c.passed for c in cases),
         "cases": [asdict(c) for c in cases],
     }
+
+
+def trace_inputs(
+    vocab_size: int,
+    image_size: int,
+    batch_size: int,
+    sequence_length: int,
+    dtype: str = "fp32",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Deterministic trace inputs: token ids, a right-padded ragged mask, and images of the model's size.
+
+    Seeded (``numpy.random.default_rng([seed, input index])``), so an export is reproducible. Row ``i`` of
+    the mask keeps ``max(1, S - i)`` tokens: the trace sees padding, as real batches do.
+    """
+    b, s = batch_size, sequence_length
+    ids = np.random.default_rng([seed, 0]).integers(0, vocab_size, (b, s))
+    lengths = np.maximum(1, s - np.arange(b))
+    mask = np.arange(s)[None, :] < lengths[:, None]
+    pixels = np.random.default_rng([seed, 2]).standard_normal((b, 3, image_size, image_size))
+    return {
+        "input_ids": torch.from_numpy(ids).long(),
+        "attention_mask": torch.from_numpy(mask).long(),
+        "pixel_values": torch.from_numpy(pixels).to(TORCH_DTYPES[dtype]),
+    }

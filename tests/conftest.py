@@ -32,36 +32,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 # --------------------------------------------------------------------------------------------------
-# The ONNX exporter (optimum-onnx) on transformers 5. optimum-onnx 0.1.0, the newest, pins
-# transformers<4.58, so it cannot be installed beside transformers 5. There, tests that export are
-# skipped with this reason; under 4.57 a missing exporter is a failure that names the [onnx] extra.
-# --------------------------------------------------------------------------------------------------
-
-ONNX_EXPORTER_SKIP_REASON = (
-    "the ONNX exporter needs optimum-onnx, which does not install beside transformers 5 "
-    "(optimum-onnx 0.1.0 pins transformers<4.58)"
-)
-
-
-def onnx_exporter_missing_on_transformers_5() -> bool:
-    """True on transformers >= 5 without ``optimum.exporters.onnx`` (found, not imported: no torch here)."""
-    from importlib.metadata import version
-    from importlib.util import find_spec
-
-    if int(version("transformers").split(".")[0]) < 5:
-        return False
-    return find_spec("optimum") is None or find_spec("optimum.exporters.onnx") is None
-
-
-@pytest.fixture(scope="session")
-def onnx_exporter():
-    """Request it (directly or through ``onnx_exports``, ``exported``, ``demo``) in a test that exports
-    ONNX: it skips the test, with the reason, on transformers 5 without optimum-onnx."""
-    if onnx_exporter_missing_on_transformers_5():
-        pytest.skip(ONNX_EXPORTER_SKIP_REASON)
-
-
-# --------------------------------------------------------------------------------------------------
 # Shared tiny models. Session-scoped: building one takes ~1 s, and tests must not mutate them (tests
 # that train or edit weights build their own with `build_preset`).
 # --------------------------------------------------------------------------------------------------

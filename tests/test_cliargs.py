@@ -274,7 +274,6 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def test_every_onnx_export_config_field_is_a_flag_of_export_onnx():
-    pytest.importorskip("optimum.exporters.onnx", reason="the `onnx` extra is not installed")
     from zreward_deploy.export.contract import OPSET
     from zreward_deploy.export.onnx import OnnxExportConfig
 
@@ -284,7 +283,6 @@ def test_every_onnx_export_config_field_is_a_flag_of_export_onnx():
 
 
 def test_export_onnx_keeps_its_flag_names():
-    pytest.importorskip("optimum.exporters.onnx", reason="the `onnx` extra is not installed")
     from zreward_deploy.export.onnx import OnnxExportConfig
 
     args = _parse(

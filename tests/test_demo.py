@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def demo(onnx_exporter, tmp_path_factory):
+def demo(tmp_path_factory):
     """One quick demo for the module (≈ 20 s on 2 cores): (output folder, summary printed by --json)."""
     out = tmp_path_factory.mktemp("demo")
     stdout = io.StringIO()
@@ -146,7 +146,6 @@ def test_report_without_matplotlib_says_so(demo, tmp_path):
     assert not re.search(r"!\[[^\]]*\]\([^)]*(training_curves|bench_latency)", report)
 
 
-@pytest.mark.usefixtures("onnx_exporter")  # the demo checks for its extras first
 def test_failed_stage_is_named(tmp_path, capsys, monkeypatch):
     import zreward_deploy.pipeline.demo as demo_module
 

@@ -41,21 +41,43 @@ def test_pyproject_declares_extras_and_script():
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    assert {"onnx", "triton", "gpu", "dev"} <= set(extras)
-    assert any(dep.startswith("optimum-onnx") for dep in extras["onnx"])
+    assert {"onnx", "optimum", "triton", "gpu", "dev"} <= set(extras)
     assert any(dep.startswith("onnxruntime") for dep in extras["onnx"])
+    assert any(dep.startswith("optimum-onnx") for dep in extras["optimum"])
     assert any(dep.startswith("tensorrt") for dep in extras["gpu"])
     assert project["scripts"]["zreward"] == "zreward_deploy.cli:main"
-    assert any(dep.startswith("transformers") and "<4.58" in dep for dep in project["dependencies"])
+
+
+def test_only_the_optimum_extra_moves_transformers_off_5():
+    """A plain install, and every extra but `optimum`, accepts both lines, so installing the package where
+    transformers 5 is present never downgrades it; `optimum` (optimum-onnx pins <4.58) takes 4.57."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def admits(deps, version):
+        reqs = [Requirement(d) for d in deps if Requirement(d).name == "transformers"]
+        return all(r.specifier.contains(version) for r in reqs)
+
+    lines = ("4.57.6", "5.0.0", "5.17.0", "5.24.0")  # the 4.57 line; 5.17 is the GPU machines' version
+    assert [Requirement(d).name for d in project["dependencies"]].count("transformers") == 1
+    assert all(admits(project["dependencies"], v) for v in lines)
+    extras = project["optional-dependencies"]
+    for name, deps in extras.items():
+        if name != "optimum":
+            assert all(admits(deps, v) for v in lines), name
+    assert admits(extras["optimum"], "4.57.6") and not admits(extras["optimum"], "5.17.0")
 
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     # the linter and the formatter's check run before the tests
+    # ... then the second transformers line (.ci/transformers-4.57.sh: the tests that touch transformers)
     command = (
         'pip install torch==2.13.0 && pip install -e ".[onnx,triton,dev]" '
-        "&& ruff check . && ruff format --check . && pytest"
+        "&& ruff check . && ruff format --check . && pytest && bash .ci/transformers-4.57.sh"
     )
     assert command in readme and command in ci
     first_block = readme.split("```bash", 1)[1].split("```", 1)[0]

@@ -208,7 +208,6 @@ def test_demo_refuses_a_non_empty_folder_without_overwrite(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text() == "an earlier demo"
 
 
-@pytest.mark.usefixtures("onnx_exporter")  # the command checks for the exporter first
 def test_export_onnx_overwrite_refuses_a_folder_that_is_no_export(tiny_dir, tmp_path, capsys):
     out = tmp_path / "notes"
     out.mkdir()

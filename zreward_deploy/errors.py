@@ -49,12 +49,13 @@ class InvalidModelError(ZRewardInputError):
 
 
 class MissingDependencyError(ImportError):
-    """An optional dependency is needed for this feature; the message names the extra to install."""
+    """An optional dependency is needed for this feature; the message names the extra to install, then
+    ``hint`` (what installing it implies, or an alternative) when given."""
 
-    def __init__(self, package: str, extra: str, feature: str):
+    def __init__(self, package: str, extra: str, feature: str, hint: str = ""):
         self.package = package
         self.extra = extra
         super().__init__(
             f"{feature} needs the optional package {package!r}; install it with "
-            f"`pip install 'zreward-deploy[{extra}]'`"
+            f"`pip install 'zreward-deploy[{extra}]'`" + (f" {hint}" if hint else "")
         )

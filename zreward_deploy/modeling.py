@@ -41,8 +41,8 @@ SUPPORTED_VISION_MODELS = ("siglip_vision_model", "clip_vision_model")
 # Weight names in files. transformers 5 removed the `vision_model` wrapper module of SiglipVisionModel and
 # CLIPVisionModel, so in memory the tower's weights are `vision_tower.embeddings...` there and
 # `vision_tower.vision_model.embeddings...` under 4.57. Files always carry the 4.57 names (every folder
-# written so far has them), so a folder written under either line loads under the other: the ONNX exporter
-# needs optimum-onnx, which installs only beside 4.57. transformers 5's `from_pretrained` maps these names
+# written so far has them), so a folder written under either line loads under the other (a model trained on
+# 5.x and exported by optimum-onnx on 4.57, say). transformers 5's `from_pretrained` maps these names
 # to its modules itself (its checkpoint conversion mapping for CLIPVisionModel and SiglipVisionModel);
 # `weights_from_file` does it for a plain `load_state_dict` (training/checkpoints.py).
 _TOWER = "vision_tower."

@@ -11,7 +11,6 @@ from zreward_deploy.bench.bench_latency import LatencyBenchConfig, percentile
 from zreward_deploy.cli import main
 
 
-@pytest.mark.usefixtures("onnx_exporter")
 def test_latency_bench_writes_every_format(tmp_path, capsys):
     import torch
 
@@ -69,7 +68,6 @@ def test_config_is_validated():
         LatencyBenchConfig(batch_sizes=(0,))
 
 
-@pytest.mark.usefixtures("onnx_exporter")
 def test_interleaved_timing_is_still_available(tmp_path):
     code = main(
         [

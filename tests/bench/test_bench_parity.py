@@ -12,7 +12,6 @@ from zreward_deploy.bench.bench_parity import ParityBenchConfig, main, parity_ro
 from zreward_deploy.cli import main as cli_main
 
 
-@pytest.mark.usefixtures("onnx_exporter")
 def test_parity_bench_writes_rows_and_passes_for_a_correct_export(tmp_path, capsys):
     rows = main(
         [

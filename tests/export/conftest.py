@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def onnx_exports(onnx_exporter, tmp_path_factory):
+def onnx_exports(tmp_path_factory):
     """``get(text_model_type, dtype, dimensions=None) -> (export_dir, model, processor)``: tiny-preset ONNX
     exports, made once per session and shared (tests must not modify them)."""
     from zreward_deploy.export.onnx import OnnxExportConfig, export_onnx

@@ -14,7 +14,7 @@ from zreward_deploy.cli import main
 
 
 @pytest.fixture(scope="module")
-def exported(onnx_exporter, tiny_dir, tmp_path_factory):
+def exported(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli_export") / "onnx"
     code = main(
         ["export", "onnx", "--model", str(tiny_dir), "--out", str(out), "--dimensions", "realism,alignment"]
@@ -100,7 +100,6 @@ def test_eval_with_the_onnx_backend(exported, tmp_path, capsys):
     assert code == 2 and "aesthetics" in captured.err
 
 
-@pytest.mark.usefixtures("onnx_exporter")
 def test_eval_with_the_onnx_backend_on_all_dimensions(tiny_dir, tmp_path, capsys):
     from zreward_deploy.data.synth import SynthConfig, generate_dataset
 
@@ -147,7 +146,6 @@ def test_tensorrt_command_without_tensorrt(exported, tmp_path, capsys, monkeypat
     assert "zreward-deploy[gpu]" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("onnx_exporter")
 def test_export_onnx_exits_1_when_validation_fails(tiny_dir, tmp_path, capsys, monkeypatch):
     from zreward_deploy.export import onnx as onnx_export
 

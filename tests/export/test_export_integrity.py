@@ -19,7 +19,6 @@ import tempfile
 import textwrap
 import types
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +26,6 @@ import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-
-# On transformers 5, optimum-onnx cannot be installed (it pins transformers<4.58): skip the module, saying
-# so, rather than fail to import it (tests/conftest.py: ONNX_EXPORTER_SKIP_REASON).
-if int(version("transformers").split(".")[0]) >= 5:
-    pytest.importorskip(
-        "optimum.exporters.onnx",
-        reason="optimum-onnx (the ONNX exporter) does not install beside transformers 5",
-    )
 
 from zreward_deploy.cli import main
 from zreward_deploy.errors import InvalidModelError, ZRewardInputError

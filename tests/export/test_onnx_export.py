@@ -7,41 +7,46 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib.metadata import version
+from importlib.util import find_spec
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-# On transformers 5, optimum-onnx cannot be installed (it pins transformers<4.58): skip the module, saying
-# so, rather than fail to import it (tests/conftest.py: ONNX_EXPORTER_SKIP_REASON).
-if int(version("transformers").split(".")[0]) >= 5:
-    pytest.importorskip(
-        "optimum.exporters.onnx",
-        reason="optimum-onnx (the ONNX exporter) does not install beside transformers 5",
-    )
-
-from zreward_deploy.errors import UnknownDimensionError, ZRewardInputError
-from zreward_deploy.export.contract import read_export_metadata
+from zreward_deploy.errors import MissingDependencyError, UnknownDimensionError, ZRewardInputError
+from zreward_deploy.export import onnx as onnx_module
+from zreward_deploy.export.contract import ATOL, EXPORTERS, read_export_metadata
 from zreward_deploy.export.onnx import (
     OnnxExportConfig,
-    ZRewardDummyInputGenerator,
-    ZRewardOnnxConfig,
     ZRewardOnnxModel,
     export_graph,
     export_onnx,
+    resolve_exporter,
 )
 from zreward_deploy.export.ort import create_session
 from zreward_deploy.export.validation import (
     OnnxValidationError,
     check_validation,
+    trace_inputs,
     validate_onnx,
     validation_inputs,
 )
 
 TEXT_MODELS = ("qwen2", "qwen3", "llama")
 DTYPES = ("fp32", "fp16")
+# Found, not imported, at collection: optimum-onnx installs only beside transformers 4.57.
+HAS_OPTIMUM = find_spec("optimum") is not None and find_spec("optimum.exporters.onnx") is not None
+EACH_EXPORTER = [
+    pytest.param(
+        "optimum",
+        marks=pytest.mark.skipif(
+            not HAS_OPTIMUM,
+            reason="optimum-onnx is not installed (it pins transformers<4.58; the `optimum` extra)",
+        ),
+    ),
+    "torch",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,11 @@ def test_export_validates_at_untraced_shapes(onnx_exports, text_model, dtype):
     assert meta["score_scale"] == model.config.score_scale
     assert meta["rubric"] == model.config.rubric
     assert abs(sum(meta["reward_weights"]) - 1) < 1e-6
-    assert meta["versions"]["torch"] and meta["versions"]["optimum-onnx"] and meta["versions"]["onnxruntime"]
+    assert meta["versions"]["torch"] and meta["versions"]["onnxruntime"]
+    # auto: optimum-onnx where it is installed, torch.onnx otherwise
+    assert meta["exporter"] == ("optimum" if HAS_OPTIMUM else "torch")
+    assert meta["export_config"]["exporter"] == "auto"
+    assert bool(meta["versions"]["optimum-onnx"]) == HAS_OPTIMUM
 
     # validation ran at batch sizes AND text lengths the trace never saw, and passed
     validation = meta["validation"]
@@ -144,7 +153,7 @@ def test_exported_graph_matches_torch_at_another_shape(onnx_exports, dtype):
         "pixel_values": pixel_values.to(torch.float16 if dtype == "fp16" else torch.float32).numpy(),
     }
     got = dict(zip(("probs", "mean", "std", "reward"), session.run(None, feeds), strict=True))
-    atol = ZRewardOnnxConfig.ATOL_FOR_VALIDATION[dtype]
+    atol = ATOL[dtype]
     np.testing.assert_allclose(got["probs"], want["probs"].numpy(), rtol=0, atol=atol)
     np.testing.assert_allclose(got["reward"], want["reward"].numpy(), rtol=0, atol=4 * atol)
     np.testing.assert_allclose(got["probs"].sum(-1), 1.0, rtol=0, atol=1e-5)  # fp32 softmax even in fp16
@@ -180,19 +189,18 @@ class _TrimPadding(ZRewardOnnxModel):
         return super().forward(input_ids[:, :n], attention_mask[:, :n], pixel_values)
 
 
-def test_shape_freezing_export_is_caught_only_at_untraced_shapes(own_tiny, tmp_path):
+@pytest.mark.parametrize("exporter", EACH_EXPORTER)
+def test_shape_freezing_export_is_caught_only_at_untraced_shapes(own_tiny, tmp_path, exporter):
     model, processor = own_tiny
     names = model.config.get_rubric().names
     weights = model.config.get_rubric().weights(names)
     broken = _TrimPadding(model, processor.suffix_ids(names), weights)
-    config = ZRewardOnnxConfig(model.config, float_dtype="fp32")
     path = tmp_path / "model.onnx"
-    export_graph(broken, config, path, 18, {"batch_size": 2, "sequence_length": 16})
+    export_graph(broken, path, exporter, 18, "fp32", {"batch_size": 2, "sequence_length": 16})
 
-    # at the trace shape (the exporter's own dummy inputs) the broken graph agrees with torch ...
+    # at the trace shape (the exporter's own trace inputs) the broken graph agrees with torch ...
     reference = ZRewardOnnxModel(model, processor.suffix_ids(names), weights).eval()
-    dummy = ZRewardDummyInputGenerator("feature-extraction", config._normalized_config, 2, 16)
-    inputs = {n: dummy.generate(n) for n in ("input_ids", "attention_mask", "pixel_values")}
+    inputs = trace_inputs(model.config.text_config.vocab_size, model.config.image_size, 2, 16)
     with torch.no_grad():
         want = reference(**inputs)["probs"].numpy()
     got = create_session(path).run(["probs"], {k: v.numpy() for k, v in inputs.items()})[0]
@@ -258,3 +266,96 @@ def test_export_from_model_directory(tiny_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "out", copy)
     assert read_export_metadata(copy)["onnx_sha256"] == meta["onnx_sha256"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Two exporters on one contract: optimum-onnx (transformers 4.57) and torch.onnx (every line)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exports_by_exporter(own_tiny, tmp_path_factory):
+    """``get(exporter) -> (folder, metadata)``: the tiny model exported (fp32, validated) by each exporter."""
+    model, processor = own_tiny
+    cache: dict[str, tuple] = {}
+
+    def get(exporter):
+        if exporter not in cache:
+            out = tmp_path_factory.mktemp(f"by_{exporter}")
+            meta = export_onnx(model, out, OnnxExportConfig(exporter=exporter), processor=processor)
+            cache[exporter] = (out, meta)
+        return cache[exporter]
+
+    return get
+
+
+@pytest.mark.parametrize("exporter", EACH_EXPORTER)
+def test_each_exporter_writes_the_contract_and_records_itself(exports_by_exporter, own_tiny, exporter):
+    out, meta = exports_by_exporter(exporter)
+    model, _ = own_tiny
+    assert meta["exporter"] == exporter and meta["export_config"]["exporter"] == exporter
+    assert read_export_metadata(out)["exporter"] == exporter  # what the folder says, verified
+    assert meta["validation"]["passed"]
+    inputs, outputs = _onnx_io(out / "model.onnx")
+    size, d, k = model.config.image_size, len(meta["dimensions"]), len(meta["score_scale"]["values"])
+    assert inputs == {
+        "input_ids": ("INT64", ["batch_size", "sequence_length"]),
+        "attention_mask": ("INT64", ["batch_size", "sequence_length"]),
+        "pixel_values": ("FLOAT", ["batch_size", 3, size, size]),
+    }
+    assert outputs == {
+        "probs": ("FLOAT", ["batch_size", d, k]),
+        "mean": ("FLOAT", ["batch_size", d]),
+        "std": ("FLOAT", ["batch_size", d]),
+        "reward": ("FLOAT", ["batch_size"]),
+    }
+    # fp32 parity with torch at every untraced validation shape: well inside the tolerance (1e-4)
+    assert max(max(c["max_abs_diff"].values()) for c in meta["validation"]["cases"]) < 1e-5
+
+
+@pytest.mark.skipif(not HAS_OPTIMUM, reason="needs both exporters; optimum-onnx installs only beside 4.57")
+def test_the_two_exporters_compute_the_same_function(exports_by_exporter, own_tiny):
+    """Same module, same trace inputs, same axes: the two graphs agree with each other at a shape neither
+    trace saw far more closely than either has to agree with torch."""
+    model, _ = own_tiny
+    gen = torch.Generator().manual_seed(3)
+    b, s = 3, 29
+    feeds = {
+        "input_ids": torch.randint(0, model.config.text_config.vocab_size, (b, s), generator=gen).numpy(),
+        "attention_mask": (torch.arange(s)[None, :] < torch.tensor([29, 7, 18])[:, None]).long().numpy(),
+        "pixel_values": torch.randn(b, 3, model.config.image_size, model.config.image_size, generator=gen)
+        .float()
+        .numpy(),
+    }
+    got = {e: create_session(exports_by_exporter(e)[0] / "model.onnx").run(None, feeds) for e in EXPORTERS}
+    for a, c in zip(got["optimum"], got["torch"], strict=True):
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-6)
+
+
+def test_auto_takes_optimum_where_installed_and_torch_otherwise(monkeypatch):
+    monkeypatch.setattr(onnx_module, "optimum_available", lambda: True)
+    assert resolve_exporter("auto") == "optimum" and resolve_exporter("torch") == "torch"
+    monkeypatch.setattr(onnx_module, "optimum_available", lambda: False)
+    assert resolve_exporter("auto") == "torch"
+    with pytest.raises(MissingDependencyError, match=r"zreward-deploy\[optimum\].*--exporter torch"):
+        resolve_exporter("optimum")
+    with pytest.raises(ZRewardInputError, match="exporter"):
+        OnnxExportConfig(exporter="tf2onnx")
+
+
+def test_a_missing_exporter_is_named_before_any_work(monkeypatch, tmp_path, tiny_dir):
+    """--exporter optimum without optimum-onnx: refused before the output folder is created."""
+    monkeypatch.setattr(onnx_module, "optimum_available", lambda: False)
+    with pytest.raises(MissingDependencyError, match="optimum-onnx"):
+        export_onnx(tiny_dir, tmp_path / "out", OnnxExportConfig(exporter="optimum"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_trace_inputs_are_seeded_ragged_and_typed():
+    a = trace_inputs(100, 16, 3, 5, "fp16", seed=1)
+    b = trace_inputs(100, 16, 3, 5, "fp16", seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["input_ids"], trace_inputs(100, 16, 3, 5, seed=2)["input_ids"])
+    assert a["attention_mask"].tolist() == [[1] * 5, [1] * 4 + [0], [1] * 3 + [0] * 2]
+    assert a["input_ids"].dtype == torch.int64 and int(a["input_ids"].max()) < 100
+    assert a["pixel_values"].dtype == torch.float16 and a["pixel_values"].shape == (3, 3, 16, 16)

@@ -58,9 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="export_command", metavar="<command>", required=True, parser_class=ArgumentParser
     )
 
-    onnx = sub.add_parser(
-        "onnx", help="export a model directory to a validated, self-describing ONNX folder (optimum-onnx)"
-    )
+    onnx = sub.add_parser("onnx", help="export a model directory to a validated, self-describing ONNX folder")
     onnx.add_argument(
         "--model", required=True, help="model directory (config.json, *.safetensors, tokenizer)"
     )

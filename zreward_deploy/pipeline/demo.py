@@ -60,7 +60,6 @@ REQUIRED_MODULES: dict[str, tuple[str, str]] = {
     "accelerate": ("accelerate", "train"),
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
-    "optimum": ("optimum-onnx", "onnx"),
 }
 
 # The example images: one scene, each defect at a severity that costs realism about 1.5 points.
