@@ -91,7 +91,8 @@ def _onnx_matmul_session(weight: Any, threads: int) -> Any:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
         [numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # IR version 8 is opset 18's (onnx 1.13); onnx 1.23's default (14) is newer than ONNX Runtime 1.30 reads
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

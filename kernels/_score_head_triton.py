@@ -35,6 +35,9 @@ and rounded by torch (``score_head_bwd``).
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -242,6 +245,38 @@ INTERPRETED: bool = not isinstance(_score_head_fwd_kernel, triton.runtime.JITFun
 """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import time).
 
 A module constant, not a call, so that ``torch.compile`` reads it without tracing into Triton."""
+
+
+@triton.jit
+def _runtime_loop_probe(x_ptr, n):
+    acc = 0.0
+    for i in range(0, n):  # a loop bound given at run time, as H and the row ranges are in the kernels
+        acc += tl.load(x_ptr + i)
+    tl.store(x_ptr, acc)
+
+
+@functools.cache
+def interpreter_problem() -> str | None:
+    """Why Triton's CPU interpreter cannot run these kernels in this environment, or None.
+
+    Triton 3.6's interpreter (the GPU benchmark environment's) turns a run-time loop bound into a Python
+    int with ``int()`` of a one-element array, which NumPy 2.5 refuses ("only 0-dimensional arrays can be
+    converted to Python scalars"); later Triton releases squeeze the array first. Every kernel here loops
+    over run-time bounds, so with that pair nothing runs interpreted. Found by running a one-program probe
+    kernel once, not by comparing version numbers. The compiled kernels (CUDA) are not affected.
+    """
+    if not INTERPRETED:
+        return None
+    try:
+        _runtime_loop_probe[(1,)](torch.ones(2), 2)
+    except Exception as exc:  # the interpreter wraps the TypeError in its InterpreterError
+        cause = exc.__cause__ or exc
+        return (
+            f"Triton {triton.__version__}'s CPU interpreter cannot run a loop with a run-time bound beside "
+            f"NumPy {np.__version__} ({type(cause).__name__}: {cause}); the compiled kernels on a GPU are "
+            "not affected"
+        )
+    return None
 
 
 def _block_k(k: int) -> int:

@@ -140,15 +140,19 @@ def _kernels() -> ModuleType:
 
 @torch.compiler.assume_constant_result
 def _triton_state() -> str:
-    """``"missing"`` (Triton not installed), ``"interpreted"`` (kernels built for Triton's CPU interpreter)
-    or ``"compiled"``.
+    """``"missing"`` (Triton not installed), ``"interpreted"`` (kernels built for Triton's CPU interpreter),
+    ``"interpreter-unusable"`` (built for it, but it cannot run them here: ``interpreter_problem``) or
+    ``"compiled"``.
 
     A constant to torch.compile: dynamo calls it once while tracing instead of tracing the import inside.
     """
     try:
-        return "interpreted" if _kernels().INTERPRETED else "compiled"
+        kernels = _kernels()
     except MissingDependencyError:
         return "missing"
+    if not kernels.INTERPRETED:
+        return "compiled"
+    return "interpreter-unusable" if kernels.interpreter_problem() else "interpreted"
 
 
 # --- custom ops: what torch.compile sees, and where the autograd formula lives ----------------------------
@@ -346,11 +350,14 @@ def score_head(
         state = _triton_state()
         if state == "missing":
             _kernels()  # raises MissingDependencyError with its message
-        if not hidden.is_cuda and state != "interpreted":
+        if not hidden.is_cuda and state not in ("interpreted", "interpreter-unusable"):
             raise RuntimeError(
                 f"the Triton score-head kernel needs CUDA tensors, got {hidden.device}; CPU tensors run it only "
                 "under Triton's interpreter (TRITON_INTERPRET=1 set before Triton is imported, as the tests do)"
             )
+        if not hidden.is_cuda and state == "interpreter-unusable":
+            problem = _kernels().interpreter_problem()
+            raise RuntimeError(f"the Triton score-head kernel cannot run on CPU tensors here: {problem}")
     v = values.to(device=hidden.device, dtype=torch.float32)
     probs, mean, var, logprobs = torch.ops.zreward.score_head_fwd(
         hidden, weight, score_ids, v, float(temperature), return_logprobs

@@ -333,13 +333,17 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+# CUDA asked of a CPU-only torch build, or of a CUDA build on a machine without a GPU
+NO_CUDA = "CPU-only" if torch.version.cuda is None else "no CUDA GPU is visible"
+
+
 @pytest.mark.parametrize(
     ("device", "words"),
-    [("cuda", "CPU-only"), ("cuda:3", "CPU-only"), ("gpu", "unknown device"), ("meta", "not supported")],
+    [("cuda", NO_CUDA), ("cuda:3", NO_CUDA), ("gpu", "unknown device"), ("meta", "not supported")],
 )
 def test_cli_device_errors_are_one_line(tiny_dir, tmp_path, capsys, device, words):
     if torch.cuda.is_available() and device.startswith("cuda"):
-        pytest.skip("this machine has CUDA; the CPU-only message cannot appear")
+        pytest.skip("this machine has CUDA; the no-CUDA messages cannot appear")
     image = _png(tmp_path / "a.png")
     code = main(
         ["score", "--model", str(tiny_dir), "--image", str(image), "--prompt", "a", "--device", device]

@@ -13,6 +13,9 @@ from zreward_deploy.cli import main as cli_main
 
 
 def test_parity_bench_writes_rows_and_passes_for_a_correct_export(tmp_path, capsys):
+    # Random tiny weights: probabilities near uniform, so some pairs are decided by torch margins below
+    # fp16's error (|Δμ| ~1e-4); one of 45 such pairs flips on torch 2.11 (0.978 agreement). fp16 is held
+    # to its probability tolerance here and to 95 % agreement; fp32 to the default 100 %.
     rows = main(
         [
             "--preset",
@@ -24,6 +27,8 @@ def test_parity_bench_writes_rows_and_passes_for_a_correct_export(tmp_path, caps
             "--backends",
             "onnx-fp32",
             "onnx-fp16",
+            "--fp16-min-agreement",
+            "0.95",
         ]
     )
     assert [r["backend"] for r in rows] == ["onnx-fp32", "onnx-fp16"]
