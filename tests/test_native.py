@@ -1,0 +1,195 @@
+"""Native HF VLMs (zreward_deploy/native.py): one-pass scoring of Qwen2-VL and Qwen2.5-VL equals the HF
+model's own forward run once per (item, dimension) with full-vocabulary logits, on both transformers lines.
+
+Tiny models built from configs (no download), weights redrawn from N(0, 0.1) so that the score logits are
+O(1) and a wrong position or a leaking mask shows.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+import torch
+
+from zreward_deploy.errors import InvalidModelError
+from zreward_deploy.native import NativeRewardModel, mrope_positions, patchify
+
+TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 120, 121, 122, 123
+SCORE_IDS = [30, 31, 32, 33, 34]  # the K = 5 score tokens, "1".."5"
+VALUES = [1.0, 2.0, 3.0, 4.0, 5.0]
+IMAGE_SIZE = (16, 32)  # patch 4 x merge 2: 2 x 4 image tokens in the language model
+TEXT = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+    rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+    bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+SPECIAL = dict(
+    image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+    vision_end_token_id=VISION_END, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+
+
+def build(family: str, seed: int = 0, attn: str = "sdpa"):
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
+    if family == "qwen2_vl":
+        config = Qwen2VLConfig(
+            text_config=TEXT, vision_config=dict(embed_dim=32, hidden_size=64, **common),
+            attn_implementation=attn, **SPECIAL,
+        )  # fmt: skip
+        cls = Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(hidden_size=32, intermediate_size=48, out_hidden_size=64, window_size=16,
+                      fullatt_block_indexes=[1], **common)  # fmt: skip
+        config = Qwen2_5_VLConfig(text_config=TEXT, vision_config=vision, attn_implementation=attn, **SPECIAL)
+        cls = Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    return model
+
+
+def head_ids(n_image: int) -> list[int]:
+    # "<|im_start|>user\n" ~ [3, 4, 5], the image, then "\n" ~ [6]
+    return [3, 4, 5, VISION_START, *[IMAGE_TOKEN] * n_image, VISION_END, 6]
+
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def native(request):
+    model = build(request.param)
+    reward = NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, IMAGE_SIZE, temperature=0.7).eval()
+    return request.param, model, reward
+
+
+def _batch(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(3, 3, *IMAGE_SIZE, generator=gen)
+    lengths = [7, 3, 5]
+    ids = torch.randint(7, 100, (3, 7), generator=gen)
+    mask = (torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask  # padding id 0 where masked
+    suffixes = [torch.tensor([40, 41, 42]), torch.tensor([43, 44]), torch.tensor([45, 46, 47, 48])]
+    return pixel_values, ids, mask, lengths, suffixes
+
+
+def _hf_reference(model, pixel_values, ids, lengths, suffixes, temperature):
+    """What a transformers user writes today: the model's own forward (its own positions from
+    get_rope_index, its own causal mask) on each [head][prompt][suffix_d], full-vocabulary logits at the
+    last token, then the K score tokens' logits -> softmax. ``[B, D, K]``."""
+    rows = []
+    for b in range(ids.shape[0]):
+        row = []
+        for suffix in suffixes:
+            seq = torch.tensor([*head_ids(8), *ids[b, : lengths[b]].tolist(), *suffix.tolist()])[None]
+            pv = patchify(pixel_values[b : b + 1], 4, 2, 2)
+            grid = torch.tensor([[1, IMAGE_SIZE[0] // 4, IMAGE_SIZE[1] // 4]])
+            extra = {}
+            if TRANSFORMERS_5:  # 5.x's processors return which tokens are image tokens; its M-RoPE needs them
+                extra["mm_token_type_ids"] = (seq == IMAGE_TOKEN).int()
+            with torch.no_grad():
+                logits = model(
+                    input_ids=seq,
+                    attention_mask=torch.ones_like(seq),
+                    pixel_values=pv,
+                    image_grid_thw=grid,
+                    **extra,
+                ).logits[0, -1]
+            row.append(torch.softmax(logits[SCORE_IDS] / temperature, -1))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def test_one_pass_equals_the_hf_forward_per_dimension(native):
+    _, model, reward = native
+    pixel_values, ids, mask, lengths, suffixes = _batch()
+    with torch.no_grad():
+        out = reward(pixel_values, ids, mask, suffixes)
+    want = _hf_reference(model, pixel_values, ids, lengths, suffixes, 0.7)
+    assert out.probs.shape == (3, 3, 5)
+    torch.testing.assert_close(out.probs, want, rtol=0, atol=2e-6)
+    expected_mean = (want * torch.tensor(VALUES)).sum(-1)
+    torch.testing.assert_close(out.mean, expected_mean, rtol=0, atol=1e-5)
+    # the comparison can fail: the distributions are far from uniform, and differ between dimensions
+    assert (out.probs.max(-1).values > 0.3).any()
+    assert (out.probs[:, 0] - out.probs[:, 1]).abs().max() > 1e-2
+
+
+def test_positions_and_mask_matter(native, monkeypatch):
+    """Negative controls: suffixes that do not restart their positions, or that see each other, give other
+    distributions (so the equality above tests the positions and the mask)."""
+    import zreward_deploy.native as native_module
+
+    _, _, reward = native
+    pixel_values, ids, mask, _, suffixes = _batch()
+    with torch.no_grad():
+        good = reward(pixel_values, ids, mask, suffixes).probs
+
+    def no_restart(*args, **kwargs):
+        pos = mrope_positions(*args, **kwargs)
+        tail = pos.shape[-1] - sum(int(s.numel()) for s in suffixes)
+        return torch.cat([pos[..., :tail], pos[..., tail:] + torch.arange(pos.shape[-1] - tail)], dim=-1)
+
+    monkeypatch.setattr(native_module, "mrope_positions", no_restart)
+    with torch.no_grad():
+        shifted = reward(pixel_values, ids, mask, suffixes).probs
+    assert (shifted - good).abs().max() > 1e-3
+
+
+def test_patchify_is_the_hf_image_processors_layout():
+    """Without a resize, the torch patchify equals Qwen2VLImageProcessor exactly (layout and grid)."""
+    from transformers import Qwen2VLImageProcessor
+
+    processor = Qwen2VLImageProcessor(patch_size=4, merge_size=2, temporal_patch_size=2, do_resize=False)
+    image = np.random.default_rng(0).integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8)
+    hf = processor(images=[image], return_tensors="pt")
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    ours = patchify(((x - mean) / std)[None], 4, 2, 2)
+    assert hf["image_grid_thw"].tolist() == [[1, IMAGE_SIZE[0] // 4, IMAGE_SIZE[1] // 4]]
+    torch.testing.assert_close(ours, hf["pixel_values"].float(), rtol=0, atol=1e-5)
+
+
+def test_gradients_reach_every_pixel_and_the_score_rows(native):
+    _, model, reward = native
+    pixel_values, ids, mask, _, suffixes = _batch(1)
+    pixel_values.requires_grad_(True)
+    model.zero_grad()
+    out = reward(pixel_values, ids, mask, suffixes)
+    (out.mean.sum()).backward()
+    assert torch.isfinite(pixel_values.grad).all() and (pixel_values.grad != 0).float().mean() > 0.99
+    lm_grad = model.get_output_embeddings().weight.grad
+    touched = (lm_grad.abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert touched == SCORE_IDS  # only the K score rows of lm_head are read
+    model.zero_grad()
+
+
+def test_refusals():
+    model = build("qwen2_vl")
+    with pytest.raises(InvalidModelError, match="image tokens"):
+        NativeRewardModel(model, head_ids(7), SCORE_IDS, VALUES, IMAGE_SIZE)
+    with pytest.raises(InvalidModelError, match="multiple of 8"):
+        NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, (16, 30))
+    reward = NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, IMAGE_SIZE)
+    pixel_values, ids, mask, _, suffixes = _batch()
+    with pytest.raises(InvalidModelError, match="the model reads"):
+        reward(pixel_values[..., :16], ids, mask, suffixes)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(InvalidModelError, match="4-D mask"):
+        NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, IMAGE_SIZE)
