@@ -138,7 +138,7 @@ class ZRewardOnnxModel(nn.Module):
 
 
 def optimum_available() -> bool:
-    """Whether optimum-onnx's exporter imports here (the ``onnx`` extra on transformers 4.57)."""
+    """Whether optimum-onnx's exporter imports here (the ``optimum`` extra, on transformers 4.57)."""
     try:
         import optimum.exporters.onnx  # noqa: F401
     except ImportError:

@@ -359,3 +359,20 @@ def test_trace_inputs_are_seeded_ragged_and_typed():
     assert a["attention_mask"].tolist() == [[1] * 5, [1] * 4 + [0], [1] * 3 + [0] * 2]
     assert a["input_ids"].dtype == torch.int64 and int(a["input_ids"].max()) < 100
     assert a["pixel_values"].dtype == torch.float16 and a["pixel_values"].shape == (3, 3, 16, 16)
+
+
+def test_a_folder_naming_an_unknown_exporter_is_refused(exports_by_exporter, tmp_path):
+    from zreward_deploy.errors import InvalidModelError
+    from zreward_deploy.export.contract import verify_export
+
+    out, _ = exports_by_exporter("torch")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "zreward_onnx.json").read_text())
+    meta["exporter"] = "tf2onnx"
+    (copy / "zreward_onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidModelError, match="exporter 'tf2onnx'"):
+        verify_export(copy)
+    del meta["exporter"]  # exports made before there were two exporters still load
+    (copy / "zreward_onnx.json").write_text(json.dumps(meta))
+    assert verify_export(copy)["dimensions"] == meta["dimensions"]
