@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from zreward_deploy.errors import InvalidModelError
+from zreward_deploy.modeling import multi_suffix_mask
 from zreward_deploy.native import NativeRewardModel, mrope_positions, patchify
 
 TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
@@ -42,7 +43,17 @@ def build(family: str, seed: int = 0, attn: str = "sdpa"):
     )
 
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
-    if family == "qwen2_vl":
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        text = {k: v for k, v in TEXT.items() if k != "rope_scaling"}
+        text.update(head_dim=16, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                               "mrope_interleaved": True})  # fmt: skip
+        vision = dict(hidden_size=32, intermediate_size=48, out_hidden_size=64, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0, 1], **common)  # fmt: skip
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, attn_implementation=attn, **SPECIAL)
+        cls = Qwen3VLForConditionalGeneration
+    elif family == "qwen2_vl":
         config = Qwen2VLConfig(
             text_config=TEXT, vision_config=dict(embed_dim=32, hidden_size=64, **common),
             attn_implementation=attn, **SPECIAL,
@@ -67,7 +78,7 @@ def head_ids(n_image: int) -> list[int]:
     return [3, 4, 5, VISION_START, *[IMAGE_TOKEN] * n_image, VISION_END, 6]
 
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -131,8 +142,8 @@ def test_one_pass_equals_the_hf_forward_per_dimension(native):
 
 
 def test_positions_and_mask_matter(native, monkeypatch):
-    """Negative controls: suffixes that do not restart their positions, or that see each other, give other
-    distributions (so the equality above tests the positions and the mask)."""
+    """Negative controls: suffixes that do not restart their positions, or that see the suffixes before
+    them, give other distributions (so the equality above tests the positions and the mask)."""
     import zreward_deploy.native as native_module
 
     _, _, reward = native
@@ -149,6 +160,23 @@ def test_positions_and_mask_matter(native, monkeypatch):
     with torch.no_grad():
         shifted = reward(pixel_values, ids, mask, suffixes).probs
     assert (shifted - good).abs().max() > 1e-3
+    monkeypatch.undo()
+
+    monkeypatch.setattr(native_module, "multi_suffix_mask", _with_suffixes_visible)
+    with torch.no_grad():
+        leaky = reward(pixel_values, ids, mask, suffixes).probs
+    torch.testing.assert_close(leaky[:, 0], good[:, 0], rtol=0, atol=2e-6)  # the first suffix sees no other
+    assert (leaky[:, 1:] - good[:, 1:]).abs().max() > 1e-3
+
+
+def _with_suffixes_visible(attention_mask, prefix, lengths, dtype):
+    """The one-pass mask, except that each suffix also sees the suffixes before it (plain causal there)."""
+    mask4d, position_ids = multi_suffix_mask(attention_mask, prefix, lengths, dtype)
+    start = prefix + attention_mask.shape[1]
+    causal = torch.ones(mask4d.shape[-1] - start, mask4d.shape[-1] - start, dtype=torch.bool).tril()
+    block = mask4d[..., start:, start:]
+    mask4d[..., start:, start:] = torch.where(causal, torch.zeros_like(block), block)
+    return mask4d, position_ids
 
 
 def test_patchify_is_the_hf_image_processors_layout():

@@ -1,8 +1,8 @@
-"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL): one-pass scoring through the model's own forward.
+"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): one-pass scoring through their own forward.
 
 First part of native-checkpoint support (docs/model.md, "Native VLM backbones"): the model side. A
-:class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration`` or
-``Qwen2_5_VLForConditionalGeneration`` and scores D rubric dimensions in one forward, with the same
+:class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``,
+``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration`` and scores D rubric dimensions in one forward, with the same
 ``forward(pixel_values, input_ids, attention_mask, suffix_ids) -> ZRewardOutput`` as
 :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward model can call it.
 
@@ -13,7 +13,8 @@ The one-pass layout, per item (``N`` image tokens at a fixed resolution, the pro
 
 * The whole sequence goes through the HF model's own top-level forward: its vision tower encodes
   ``pixel_values`` (patchified here, in torch, from ``[B, 3, H, W]``) and its forward writes the image
-  features over the ``<|image_pad|>`` positions. Nothing of the HF model is re-implemented.
+  features over the ``<|image_pad|>`` positions (and adds Qwen3-VL's deepstack features in the first
+  layers). Nothing of the HF model is re-implemented.
 * Attention: the package's 4-D multi-suffix mask (:func:`~zreward_deploy.modeling.multi_suffix_mask`), with
   the constant head as the always-visible prefix: every suffix sees the head, the valid prompt and
   itself, never padding or another suffix. FlashAttention-2 cannot take such a mask: sdpa or eager.
@@ -41,7 +42,7 @@ from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask
 
-NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 """``model_type`` of the HF checkpoints :class:`NativeRewardModel` takes."""
 
 
@@ -109,7 +110,7 @@ def mrope_positions(
 
 
 class NativeRewardModel(nn.Module):
-    """A native Qwen2-VL / Qwen2.5-VL model read out as a Z-Reward model (module docstring).
+    """A native Qwen2-VL / Qwen2.5-VL / Qwen3-VL model read out as a Z-Reward model (module docstring).
 
     Args:
         model: the HF ``...ForConditionalGeneration`` (``config.model_type`` in :data:`NATIVE_FAMILIES`),
