@@ -221,3 +221,128 @@ def test_refusals():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(InvalidModelError, match="4-D mask"):
         NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, IMAGE_SIZE)
+
+
+# --------------------------------------------------------------------------------------------------
+# A native checkpoint folder: saved, loaded through Scorer.from_pretrained / zreward score
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def native_dir(request, tmp_path_factory):
+    from zreward_deploy.native import build_native_preset, save_native
+
+    model, processor = build_native_preset(request.param, seed=3)
+    with torch.no_grad():  # scores far from uniform, so that a wrong token or image shows
+        for p in model.model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    out = tmp_path_factory.mktemp(f"native_{request.param}")
+    save_native(model, processor, out)
+    return request.param, out, model, processor
+
+
+def _images():
+    gen = torch.Generator().manual_seed(5)
+    return [torch.rand(3, 40, 52, generator=gen), torch.rand(3, 32, 32, generator=gen)]
+
+
+PROMPTS = ["a red cube", "two blue spheres on a wooden table"]
+
+
+def test_a_native_folder_scores_through_the_scorer_like_the_hf_forward(native_dir):
+    """Scorer.from_pretrained(folder) on the saved checkpoint: per item and dimension, the probabilities
+    equal the HF model's own forward on [head][prompt template][dimension suffix] (the checkpoint's
+    tokenizer, the score tokens' logits of the full vocabulary)."""
+    from zreward_deploy.scoring import Scorer
+
+    family, folder, _, processor = native_dir
+    scorer = Scorer.from_pretrained(folder)
+    assert scorer.model.config.model_type == family
+    images = _images()
+    result = scorer.score(images, PROMPTS)
+    assert result.errors == {} and result.probs.shape == (2, 4, 5)
+    hf = scorer.model.model
+    grid = torch.tensor([[1, 32 // 4, 32 // 4]])
+    for b, (image, prompt) in enumerate(zip(images, PROMPTS, strict=True)):
+        pv = patchify(processor.pixel_values([processor.model_image(image)]), 4, 2, 2)
+        for d, suffix in enumerate(processor.suffix_ids(result.dimensions)):
+            seq = torch.tensor(
+                [*scorer.model.head_ids.tolist(), *processor.prompt_ids(prompt), *suffix.tolist()]
+            )
+            extra = (
+                {"mm_token_type_ids": (seq == hf.config.image_token_id).int()[None]} if TRANSFORMERS_5 else {}
+            )
+            with torch.no_grad():
+                logits = hf(input_ids=seq[None], attention_mask=torch.ones_like(seq)[None], pixel_values=pv,
+                            image_grid_thw=grid, **extra).logits[0, -1]  # fmt: skip
+            want = torch.softmax(logits[processor.score_token_ids], -1)
+            torch.testing.assert_close(result.probs[b, d], want, rtol=0, atol=2e-6)
+    assert (result.probs.max(-1).values > 0.3).any()  # not near-uniform: the check can fail
+
+
+def test_the_saved_folder_scores_like_the_model_it_was_saved_from(native_dir):
+    from zreward_deploy.scoring import Scorer
+
+    _, folder, model, processor = native_dir
+    loaded = Scorer.from_pretrained(folder).score(_images(), PROMPTS)
+    built = Scorer(model, processor).score(_images(), PROMPTS)
+    torch.testing.assert_close(loaded.probs, built.probs, rtol=0, atol=1e-6)
+    assert loaded.dimensions == built.dimensions == ["alignment", "realism", "aesthetics", "plausibility"]
+
+
+def test_zreward_score_on_a_native_folder(native_dir, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from zreward_deploy.cli import main
+
+    _, folder, _, _ = native_dir
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(image)
+    code = main(["score", "--model", str(folder), "--image", str(image), "--prompt", "a red cube", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    text = json.dumps(out)
+    assert "realism" in text and "alignment" in text
+
+
+def test_native_folders_refuse_what_would_fail_later(native_dir, tmp_path):
+    import json
+    import shutil
+
+    from zreward_deploy.native import load_native
+
+    _, folder, _, _ = native_dir
+    # score tokens that are not single tokens of the checkpoint's tokenizer
+    bad = tmp_path / "tokens"
+    shutil.copytree(folder, bad)
+    settings = json.loads((bad / "zreward_native.json").read_text())
+    settings["score_scale"] = {"values": [1, 2, 3], "tokens": ["poor", "average", "excellent"]}
+    (bad / "zreward_native.json").write_text(json.dumps(settings))
+    with pytest.raises(InvalidModelError, match="single token"):
+        load_native(bad)
+    # unknown settings
+    settings = json.loads((folder / "zreward_native.json").read_text())
+    settings["resolution"] = 448
+    unknown = tmp_path / "unknown"
+    shutil.copytree(folder, unknown)
+    (unknown / "zreward_native.json").write_text(json.dumps(settings))
+    with pytest.raises(InvalidModelError, match="unknown settings"):
+        load_native(unknown)
+    # pickle-only weights
+    pickles = tmp_path / "pickles"
+    pickles.mkdir()
+    shutil.copy(folder / "config.json", pickles / "config.json")
+    (pickles / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(InvalidModelError, match="pickle"):
+        load_native(pickles)
+    # an image size the patch grid cannot take
+    settings = json.loads((folder / "zreward_native.json").read_text())
+    settings["image_size"] = 36
+    odd = tmp_path / "odd"
+    shutil.copytree(folder, odd)
+    (odd / "zreward_native.json").write_text(json.dumps(settings))
+    with pytest.raises(InvalidModelError, match="multiple of 8"):
+        load_native(odd)

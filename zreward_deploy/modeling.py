@@ -466,10 +466,11 @@ def save_model_dir(
         processor.save_pretrained(tmp)
 
 
-def check_model_dir(directory: Path) -> None:
+def check_model_dir(directory: Path, model_types: Sequence[str] = (ZRewardConfig.model_type,)) -> None:
     """Refuse, naming the file, anything that would fail later or load a broken model: a missing or
-    non-object ``config.json``, another model type, pickle-only weights, and safetensors files whose header
-    is empty, corrupt or describes more bytes than the file holds (a truncated download or copy)."""
+    non-object ``config.json``, a model type not in ``model_types``, pickle-only weights, and safetensors
+    files whose header is empty, corrupt or describes more bytes than the file holds (a truncated download
+    or copy)."""
     if not directory.is_dir():
         raise InvalidModelError(str(directory), "is not a directory")
     config_file = directory / "config.json"
@@ -477,10 +478,9 @@ def check_model_dir(directory: Path) -> None:
         raise InvalidModelError(str(directory), "has no config.json")
     config = read_json_object(config_file, InvalidModelError)
     model_type = config.get("model_type")
-    if model_type != ZRewardConfig.model_type:
-        raise InvalidModelError(
-            str(directory), f"config.json is for model_type {model_type!r}, not {ZRewardConfig.model_type!r}"
-        )
+    if model_type not in model_types:
+        wanted = " or ".join(repr(t) for t in model_types)
+        raise InvalidModelError(str(directory), f"config.json is for model_type {model_type!r}, not {wanted}")
     weights = sorted(directory.glob("*.safetensors"))
     pickles = sorted(
         p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")

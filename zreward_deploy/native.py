@@ -1,10 +1,12 @@
 """Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): one-pass scoring through their own forward.
 
-First part of native-checkpoint support (docs/model.md, "Native VLM backbones"): the model side. A
-:class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration`` and scores D rubric dimensions in one forward, with the same
-``forward(pixel_values, input_ids, attention_mask, suffix_ids) -> ZRewardOutput`` as
-:class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward model can call it.
+Native-checkpoint support (docs/model.md, "Native VLM backbones"), first parts: the model, loading a
+checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained``), and tiny
+presets. A :class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``,
+``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration`` and scores D rubric
+dimensions in one forward, with the same ``forward(pixel_values, input_ids, attention_mask, suffix_ids)
+-> ZRewardOutput`` as :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward
+model can call it.
 
 The one-pass layout, per item (``N`` image tokens at a fixed resolution, the prompt right-padded)::
 
@@ -32,15 +34,28 @@ reading the full-vocabulary logits (tests/test_native.py), on both transformers 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from zreward_deploy.config import (
+    DEFAULT_TEMPLATES,
+    Dimension,
+    Rubric,
+    ScoreScale,
+    check_training_record,
+    format_score,
+)
 from zreward_deploy.errors import InvalidModelError
+from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask
+from zreward_deploy.processing import ZRewardProcessor
 
 NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 """``model_type`` of the HF checkpoints :class:`NativeRewardModel` takes."""
@@ -244,3 +259,271 @@ class NativeRewardModel(nn.Module):
             std=scored.var.clamp_min(0).sqrt().view(b, d),
             logprobs=scored.logprobs.view(b, d, k) if scored.logprobs is not None else None,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring settings, loading and saving a native checkpoint folder
+# --------------------------------------------------------------------------------------------------
+
+SETTINGS_FILE = "zreward_native.json"
+"""The package's scoring settings beside a native checkpoint (optional; defaults without it)."""
+DEFAULT_HEAD = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+"""The constant head: the chat turn's opening and one image placeholder, expanded to the image's tokens."""
+NATIVE_TEMPLATES = {
+    **DEFAULT_TEMPLATES,
+    "student_prompt": 'An image was generated for the prompt: "{prompt}"\n',
+}
+"""The package's templates with the prompt part following the head (the head opens the user turn)."""
+DEFAULT_IMAGE_SIZE = 448
+# image normalisation of the families' own processors when a folder has no preprocessor_config.json
+_FAMILY_NORMALISATION = {
+    "qwen2_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "qwen2_5_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "qwen3_vl": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+_SETTINGS = ("image_size", "head", "score_scale", "rubric", "templates", "max_prompt_tokens",
+             "score_temperature", "training")  # fmt: skip
+
+
+class NativeConfig:
+    """The scoring settings of a native model: what :class:`~zreward_deploy.processing.ZRewardProcessor`
+    and the scorers read from a config (rubric, score scale, templates, image size and normalisation,
+    training record), without the LLaVA-style model's sub-configs.
+
+    ``image_size`` is the fixed square resolution images are resized to (a multiple of the family's patch
+    size x merge size); the checkpoint's processor would pick one per image (dynamic resolution).
+    """
+
+    model_type = "zreward_native"
+
+    def __init__(
+        self,
+        family: str,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        head: str = DEFAULT_HEAD,
+        score_scale: Mapping[str, Sequence] | None = None,
+        rubric: Sequence[Mapping[str, Any]] | None = None,
+        templates: Mapping[str, str] | None = None,
+        max_prompt_tokens: int = 256,
+        score_temperature: float = 1.0,
+        training: Mapping[str, Any] | None = None,
+    ):
+        if family not in NATIVE_FAMILIES:
+            raise InvalidModelError("model_type", f"{family!r} is not one of {NATIVE_FAMILIES}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise InvalidModelError("image_size", f"must be a positive integer, got {image_size!r}")
+        if not isinstance(head, str) or head.count("<|image_pad|>") != 1:
+            raise InvalidModelError("head", "must be a string with exactly one <|image_pad|>")
+        if not score_temperature > 0:
+            raise InvalidModelError("score_temperature", f"must be > 0, got {score_temperature}")
+        unknown = set(templates or {}) - set(NATIVE_TEMPLATES)
+        if unknown:
+            raise InvalidModelError("templates", f"unknown template names {sorted(unknown)}")
+        self.family = family
+        self.image_size = image_size
+        self.image_mean = [float(x) for x in image_mean]
+        self.image_std = [float(x) for x in image_std]
+        self.head = head
+        self.score_scale = (ScoreScale(**score_scale) if score_scale is not None else ScoreScale()).to_dict()
+        self.score_token_ids: list[int] | None = None  # resolved from the checkpoint's tokenizer
+        self.rubric = Rubric(tuple(rubric)).to_list() if rubric is not None else Rubric().to_list()
+        self.templates = {**NATIVE_TEMPLATES, **(templates or {})}
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.score_temperature = float(score_temperature)
+        self.training = check_training_record(training)
+
+    def settings(self) -> dict[str, Any]:
+        """The ``zreward_native.json`` of these settings (templates only where they differ)."""
+        templates = {k: v for k, v in self.templates.items() if NATIVE_TEMPLATES[k] != v}
+        out = {
+            "image_size": self.image_size, "head": self.head, "score_scale": self.score_scale,
+            "rubric": self.rubric, "templates": templates, "max_prompt_tokens": self.max_prompt_tokens,
+            "score_temperature": self.score_temperature, "training": self.training,
+        }  # fmt: skip
+        return out
+
+    def get_score_scale(self) -> ScoreScale:
+        return ScoreScale(**self.score_scale)
+
+    def get_rubric(self) -> Rubric:
+        return Rubric(tuple(Dimension(**d) for d in self.rubric))
+
+    def trained_dimensions(self) -> list[str] | None:
+        if self.training is None:
+            return None
+        return [d for d in self.get_rubric().names if d in self.training["dimensions"]]
+
+    def scale_fields(self) -> dict[str, str]:
+        scale = self.get_score_scale()
+        return {"min": format_score(scale.min), "max": format_score(scale.max)}
+
+
+def head_token_ids(tokenizer: Any, head: str, image_token_id: int, num_image_tokens: int) -> list[int]:
+    """The head's ids with its one image placeholder expanded to ``num_image_tokens`` copies."""
+    ids = tokenizer.encode(head, add_special_tokens=False)
+    if ids.count(image_token_id) != 1:
+        raise InvalidModelError(
+            "head",
+            f"encodes to {ids.count(image_token_id)} image tokens (id {image_token_id}), expected exactly one: "
+            "the tokenizer does not know the model's image placeholder",
+        )
+    at = ids.index(image_token_id)
+    return [*ids[:at], *[image_token_id] * num_image_tokens, *ids[at + 1 :]]
+
+
+def is_native_dir(directory: str | os.PathLike) -> bool:
+    """Whether ``directory/config.json`` names a native family (:data:`NATIVE_FAMILIES`)."""
+    path = Path(directory, "config.json")
+    try:
+        return read_json_object(path, InvalidModelError).get("model_type") in NATIVE_FAMILIES
+    except InvalidModelError:
+        return False
+
+
+def load_native(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
+) -> tuple[NativeRewardModel, ZRewardProcessor]:
+    """A native checkpoint folder -> ``(NativeRewardModel, processor)``, with no conversion step.
+
+    The folder holds the HF checkpoint as published (``config.json``, ``*.safetensors``, tokenizer files,
+    ``preprocessor_config.json``) and optionally ``zreward_native.json`` (:class:`NativeConfig`'s
+    settings: rubric, score scale, templates, head, image size, ...). Score tokens come from the
+    checkpoint's tokenizer and must be single tokens. Pickle-only weights are refused; every failure is an
+    :class:`InvalidModelError` naming the folder or the file.
+    """
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from .modeling import check_model_dir, load_dtype, quiet_progress_bars
+
+    directory = Path(directory)
+    check_model_dir(directory, NATIVE_FAMILIES)
+    family = read_json_object(directory / "config.json", InvalidModelError)["model_type"]
+    settings: dict[str, Any] = {}
+    if (directory / SETTINGS_FILE).exists():
+        settings = read_json_object(directory / SETTINGS_FILE, InvalidModelError)
+        unknown = sorted(set(settings) - set(_SETTINGS))
+        if unknown:
+            raise InvalidModelError(
+                str(directory / SETTINGS_FILE), f"unknown settings {unknown}; known: {list(_SETTINGS)}"
+            )
+    mean, std = _FAMILY_NORMALISATION[family]
+    if (directory / "preprocessor_config.json").exists():
+        pre = read_json_object(directory / "preprocessor_config.json", InvalidModelError)
+        mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
+    try:
+        config = NativeConfig(family, image_mean=mean, image_std=std, **settings)
+    except InvalidModelError as exc:
+        raise InvalidModelError(str(directory / SETTINGS_FILE), f"{exc.item}: {exc.reason}") from None
+    except TypeError as exc:
+        raise InvalidModelError(str(directory / SETTINGS_FILE), str(exc)) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:
+        raise InvalidModelError(
+            str(directory), f"no usable tokenizer ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        with quiet_progress_bars():
+            hf = AutoModelForImageTextToText.from_pretrained(
+                str(directory), local_files_only=True, use_safetensors=True, dtype=load_dtype(dtype),
+                attn_implementation=attn_implementation,
+            )  # fmt: skip
+    except Exception as exc:
+        raise InvalidModelError(
+            str(directory), f"cannot load the model ({type(exc).__name__}: {exc})"
+        ) from None
+    processor = ZRewardProcessor(tokenizer, config)  # checks the score tokens are single tokens
+    config.score_token_ids = processor.score_token_ids
+    unit = int(hf.config.vision_config.patch_size) * int(hf.config.vision_config.spatial_merge_size)
+    if config.image_size % unit:
+        raise InvalidModelError(
+            str(directory / SETTINGS_FILE),
+            f"image_size {config.image_size} is not a multiple of {unit} (patch x merge)",
+        )
+    n = (config.image_size // unit) ** 2
+    head = head_token_ids(tokenizer, config.head, int(hf.config.image_token_id), n)
+    scale = config.get_score_scale()
+    model = NativeRewardModel(
+        hf.eval(), head, processor.score_token_ids, scale.values, (config.image_size, config.image_size),
+        temperature=config.score_temperature,
+    )  # fmt: skip
+    return model, processor
+
+
+def save_native(model: NativeRewardModel, processor: ZRewardProcessor, directory: str | os.PathLike) -> None:
+    """Write a native checkpoint folder that :func:`load_native` reads: the HF model (safetensors), the
+    tokenizer, and ``zreward_native.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    from .modeling import quiet_progress_bars
+
+    with quiet_progress_bars():
+        model.model.save_pretrained(directory, safe_serialization=True)
+    processor.tokenizer.save_pretrained(directory)
+    config = processor.config
+    pre = {"image_mean": config.image_mean, "image_std": config.image_std}
+    (directory / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    (directory / SETTINGS_FILE).write_text(json.dumps(config.settings(), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny presets (random weights, built from config; for tests and the demo)
+# --------------------------------------------------------------------------------------------------
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_native_preset(
+    family: str, seed: int = 0, image_size: int = 32
+) -> tuple[NativeRewardModel, ZRewardProcessor]:
+    """A tiny native model of ``family`` (random weights, the package's offline tokenizer with the Qwen-VL
+    vision tokens added): LM hidden 64, 2 layers; vision depth 2, patch 4, merge 2, so ``image_size`` 32
+    gives 16 image tokens."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .tokenization import build_tokenizer
+
+    if family not in NATIVE_FAMILIES:
+        raise InvalidModelError("family", f"{family!r} is not one of {NATIVE_FAMILIES}")
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(VISION_TOKENS, special_tokens=True)  # the API both transformers lines have
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    special = dict(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        tie_word_embeddings=False, bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
+        pad_token_id=special["pad_token_id"],
+    )  # fmt: skip
+    common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
+    if family == "qwen2_vl":
+        text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        vision = dict(embed_dim=32, hidden_size=64, **common)
+    elif family == "qwen2_5_vl":
+        text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
+                      fullatt_block_indexes=[1], **common)  # fmt: skip
+    else:
+        text["rope_scaling"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0, 1], **common)  # fmt: skip
+    hf_config = AutoConfig.for_model(family, text_config=text, vision_config=vision, **special)
+    hf_config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    hf = AutoModelForImageTextToText.from_config(hf_config, attn_implementation="sdpa").eval()
+    mean, std = _FAMILY_NORMALISATION[family]
+    config = NativeConfig(family, image_size=image_size, image_mean=mean, image_std=std,
+                          training={"method": "none", "dimensions": []})  # fmt: skip
+    processor = ZRewardProcessor(tokenizer, config)
+    config.score_token_ids = processor.score_token_ids
+    unit = 8
+    head = head_token_ids(tokenizer, config.head, special["image_token_id"], (image_size // unit) ** 2)
+    model = NativeRewardModel(hf, head, processor.score_token_ids, config.get_score_scale().values,
+                              (image_size, image_size))  # fmt: skip
+    return model, processor

@@ -284,8 +284,15 @@ class Scorer(BaseScorer):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
-        """Load model and processor from a local model directory (see :class:`Scorer` for kwargs)."""
+        """Load model and processor from a local model directory (see :class:`Scorer` for kwargs): a
+        package model, or a native Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder as published
+        (:func:`zreward_deploy.native.load_native`)."""
+        from .native import is_native_dir, load_native
+
         dtype = kwargs.get("dtype")
+        if is_native_dir(model_dir):
+            native, native_processor = load_native(model_dir, dtype=dtype)
+            return cls(native, native_processor, **kwargs)
         load = {"dtype": dtype} if dtype is not None else {}
         model = ZRewardModel.from_pretrained(model_dir, **load)
         processor = ZRewardProcessor.from_pretrained(model_dir, config=model.config)
