@@ -7,6 +7,7 @@ O(1) and a wrong position or a leaking mask shows.
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 
 import numpy as np
@@ -308,41 +309,56 @@ def test_zreward_score_on_a_native_folder(native_dir, tmp_path, capsys):
     assert "realism" in text and "alignment" in text
 
 
-def test_native_folders_refuse_what_would_fail_later(native_dir, tmp_path):
+def _with_settings(folder, out, **changes):
+    """A copy of a native folder whose zreward_native.json has ``changes`` applied."""
     import json
+    import shutil
+
+    shutil.copytree(folder, out)
+    settings = json.loads((out / "zreward_native.json").read_text())
+    (out / "zreward_native.json").write_text(json.dumps({**settings, **changes}))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"score_scale": {"values": [1, 2, 3], "tokens": ["poor", "average", "excellent"]}}, "single token"),
+        ({"resolution": 448}, "unknown settings"),
+        ({"image_size": 36}, "multiple of 8"),
+        ({"head": "<|im_start|>user\n"}, "exactly one <|image_pad|>"),
+    ],
+)
+def test_native_settings_that_would_fail_later_are_refused(native_dir, tmp_path, changes, error):
+    from zreward_deploy.native import load_native
+
+    _, folder, _, _ = native_dir
+    with pytest.raises(InvalidModelError, match=re.escape(error)):
+        load_native(_with_settings(folder, tmp_path / "copy", **changes))
+
+
+def test_pickle_only_native_folders_are_refused(native_dir, tmp_path):
     import shutil
 
     from zreward_deploy.native import load_native
 
     _, folder, _, _ = native_dir
-    # score tokens that are not single tokens of the checkpoint's tokenizer
-    bad = tmp_path / "tokens"
-    shutil.copytree(folder, bad)
-    settings = json.loads((bad / "zreward_native.json").read_text())
-    settings["score_scale"] = {"values": [1, 2, 3], "tokens": ["poor", "average", "excellent"]}
-    (bad / "zreward_native.json").write_text(json.dumps(settings))
-    with pytest.raises(InvalidModelError, match="single token"):
-        load_native(bad)
-    # unknown settings
-    settings = json.loads((folder / "zreward_native.json").read_text())
-    settings["resolution"] = 448
-    unknown = tmp_path / "unknown"
-    shutil.copytree(folder, unknown)
-    (unknown / "zreward_native.json").write_text(json.dumps(settings))
-    with pytest.raises(InvalidModelError, match="unknown settings"):
-        load_native(unknown)
-    # pickle-only weights
-    pickles = tmp_path / "pickles"
-    pickles.mkdir()
-    shutil.copy(folder / "config.json", pickles / "config.json")
-    (pickles / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
     with pytest.raises(InvalidModelError, match="pickle"):
-        load_native(pickles)
-    # an image size the patch grid cannot take
-    settings = json.loads((folder / "zreward_native.json").read_text())
-    settings["image_size"] = 36
-    odd = tmp_path / "odd"
-    shutil.copytree(folder, odd)
-    (odd / "zreward_native.json").write_text(json.dumps(settings))
-    with pytest.raises(InvalidModelError, match="multiple of 8"):
-        load_native(odd)
+        load_native(tmp_path)
+
+
+def test_score_tensor_on_a_native_folder_is_differentiable_to_the_pixels(native_dir):
+    """ReFL / DRaFT: [B, 3, H, W] in [0, 1] -> reward, with the resize, normalisation and patch layout in
+    torch; the gradient reaches every input pixel, and the reward equals score() on the same images."""
+    from zreward_deploy.scoring import Scorer
+
+    _, folder, _, _ = native_dir
+    scorer = Scorer.from_pretrained(folder)
+    images = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(9), requires_grad=True)
+    result = scorer.score_tensor(images, PROMPTS)
+    result.reward.sum().backward()
+    assert torch.isfinite(images.grad).all() and (images.grad != 0).float().mean() > 0.99
+    plain = scorer.score(list(images.detach()), PROMPTS)
+    torch.testing.assert_close(result.reward.detach(), plain.reward, rtol=0, atol=1e-5)

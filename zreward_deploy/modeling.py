@@ -263,14 +263,7 @@ class ZRewardModel(ZRewardPreTrainedModel):
         """``hidden [B, D, H]`` at the answer positions -> :class:`ZRewardOutput` with ``[B, D, ...]``."""
         b, d, h = hidden.shape
         out = self.score_head(hidden.reshape(b * d, h), self.get_output_embeddings().weight, return_logprobs)
-        k = out.probs.shape[-1]
-        return ZRewardOutput(
-            probs=out.probs.view(b, d, k),
-            mean=out.mean.view(b, d),
-            var=out.var.view(b, d),
-            std=out.var.clamp_min(0).sqrt().view(b, d),
-            logprobs=out.logprobs.view(b, d, k) if out.logprobs is not None else None,
-        )
+        return reward_output(out, b, d)
 
     # -- all dimensions in one pass -------------------------------------------------------------------
     def forward(
@@ -343,6 +336,18 @@ class ZRewardModel(ZRewardPreTrainedModel):
         answer = attention_mask.long().sum(1) - 1 + num_image  # >= num_image - 1 >= 0 by construction
         picked = hidden.gather(1, answer.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))
         return self._read_scores(picked, return_logprobs)
+
+
+def reward_output(out: ScoreHeadOutput, batch: int, dims: int) -> ZRewardOutput:
+    """The score head's ``[B * D, ...]`` rows -> :class:`ZRewardOutput` with ``[B, D, ...]`` (std from var)."""
+    k = out.probs.shape[-1]
+    return ZRewardOutput(
+        probs=out.probs.view(batch, dims, k),
+        mean=out.mean.view(batch, dims),
+        var=out.var.view(batch, dims),
+        std=out.var.clamp_min(0).sqrt().view(batch, dims),
+        logprobs=out.logprobs.view(batch, dims, k) if out.logprobs is not None else None,
+    )
 
 
 def multi_suffix_mask(

@@ -54,7 +54,7 @@ from zreward_deploy.config import (
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
-from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask
+from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, reward_output
 from zreward_deploy.processing import ZRewardProcessor
 
 NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -251,14 +251,7 @@ class NativeRewardModel(nn.Module):
             score_ids=self.score_ids,
             return_logprobs=return_logprobs,
         )
-        k = scored.probs.shape[-1]
-        return ZRewardOutput(
-            probs=scored.probs.view(b, d, k),
-            mean=scored.mean.view(b, d),
-            var=scored.var.view(b, d),
-            std=scored.var.clamp_min(0).sqrt().view(b, d),
-            logprobs=scored.logprobs.view(b, d, k) if scored.logprobs is not None else None,
-        )
+        return reward_output(scored, b, d)
 
 
 # --------------------------------------------------------------------------------------------------
