@@ -469,11 +469,16 @@ VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 
 
 def build_native_preset(
-    family: str, seed: int = 0, image_size: int = 32
+    family: str,
+    seed: int = 0,
+    image_size: int = 32,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
 ) -> tuple[NativeRewardModel, ZRewardProcessor]:
     """A tiny native model of ``family`` (random weights, the package's offline tokenizer with the Qwen-VL
     vision tokens added): LM hidden 64, 2 layers; vision depth 2, patch 4, merge 2, so ``image_size`` 32
-    gives 16 image tokens."""
+    gives 16 image tokens. ``text`` and ``vision`` override fields of the two sub-configs (a larger model
+    for benchmarks; a ``vocab_size`` beyond the tokenizer's leaves the extra rows unused)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .tokenization import build_tokenizer
@@ -488,7 +493,7 @@ def build_native_preset(
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    text = dict(
+    text_fields = dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
         tie_word_embeddings=False, bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
@@ -496,17 +501,23 @@ def build_native_preset(
     )  # fmt: skip
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
     if family == "qwen2_vl":
-        text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
-        vision = dict(embed_dim=32, hidden_size=64, **common)
+        text_fields["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        vision_fields = dict(embed_dim=32, hidden_size=64, **common)
     elif family == "qwen2_5_vl":
-        text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
-        vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
-                      fullatt_block_indexes=[1], **common)  # fmt: skip
+        text_fields["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        vision_fields = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
+                             fullatt_block_indexes=[1], **common)  # fmt: skip
     else:
-        text["rope_scaling"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
-        vision = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
-                      deepstack_visual_indexes=[0, 1], **common)  # fmt: skip
-    hf_config = AutoConfig.for_model(family, text_config=text, vision_config=vision, **special)
+        text_fields["rope_scaling"] = {
+            "rope_type": "default",
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        }
+        vision_fields = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
+                             deepstack_visual_indexes=[0, 1], **common)  # fmt: skip
+    text_fields.update(text or {})
+    vision_fields.update(vision or {})
+    hf_config = AutoConfig.for_model(family, text_config=text_fields, vision_config=vision_fields, **special)
     hf_config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     hf = AutoModelForImageTextToText.from_config(hf_config, attn_implementation="sdpa").eval()
@@ -515,7 +526,9 @@ def build_native_preset(
                           training={"method": "none", "dimensions": []})  # fmt: skip
     processor = ZRewardProcessor(tokenizer, config)
     config.score_token_ids = processor.score_token_ids
-    unit = 8
+    unit = int(vision_fields["patch_size"]) * int(vision_fields["spatial_merge_size"])
+    if image_size % unit:
+        raise InvalidModelError("image_size", f"{image_size} is not a multiple of {unit} (patch x merge)")
     head = head_token_ids(tokenizer, config.head, special["image_token_id"], (image_size // unit) ** 2)
     model = NativeRewardModel(hf, head, processor.score_token_ids, config.get_score_scale().values,
                               (image_size, image_size))  # fmt: skip

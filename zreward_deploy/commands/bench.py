@@ -17,6 +17,7 @@ from zreward_deploy.cliargs import add_dataclass_arguments, check_device, datacl
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from zreward_deploy.bench.bench_latency import LatencyBenchConfig
+    from zreward_deploy.bench.bench_native import NativeBenchConfig
     from zreward_deploy.bench.bench_parity import ParityBenchConfig
 
     group = subparsers.add_parser("bench", help="benchmark the exported runtimes against torch")
@@ -35,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(latency, LatencyBenchConfig, space_separated=True)
     latency.set_defaults(func=run_latency)
 
+    native = sub.add_parser(
+        "native",
+        help="a native Qwen2.5-VL-shaped model: the HF generic path (one forward per dimension) vs one pass",
+    )
+    add_dataclass_arguments(native, NativeBenchConfig, space_separated=True)
+    native.set_defaults(func=run_native)
+
 
 def run_parity(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_parity import ParityBenchConfig, report
@@ -51,4 +59,11 @@ def run_latency(args: argparse.Namespace) -> int:
     config = dataclass_from_namespace(LatencyBenchConfig, args)
     check_device(config.device)  # before building a model or an export
     report(config)
+    return 0
+
+
+def run_native(args: argparse.Namespace) -> int:
+    from zreward_deploy.bench.bench_native import NativeBenchConfig, report
+
+    report(dataclass_from_namespace(NativeBenchConfig, args))
     return 0

@@ -1,0 +1,197 @@
+"""Native VLM scoring: the Hugging Face generic path against the package's one pass (docs/model.md).
+
+Same model (a small Qwen2.5-VL-shaped model built from config, random weights), same inputs, same process:
+
+  hf_generic  what a transformers user writes today: one forward of the model per dimension on
+              ``[head][prompt][suffix_d]`` (its own positions and causal mask), the full-vocabulary logits
+              (``.logits[:, -1]``), then the K score tokens' logits -> softmax. The vision tower runs once
+              per dimension.
+  hf_generic_last  the same with ``logits_to_keep=1`` (the head on the last position only): what a user who
+              knows that argument writes; it separates the one-pass layout's gain from the head's.
+  one_pass    ``NativeRewardModel``: ``[head][prompt][suffix_1..suffix_D]`` in one forward with the 4-D
+              mask and closed-form M-RoPE positions, the score head on the K ``lm_head`` rows only.
+
+All take the same ``pixel_values`` (already preprocessed: the image processor is not timed on any side)
+and the same token ids. The providers alternate run by run. ``max_abs_dprobs`` is a generic row's largest
+difference of the probabilities from ``one_pass`` (``one_pass``'s own row: the larger of the two);
+``speedup_vs_*`` are ratios of medians.
+
+Run:  zreward bench native --out runs/bench_native   (or python -m zreward_deploy.bench.bench_native)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+PROMPT = "three blue spheres to the left of a large yellow cone on a wooden table"
+
+# A small Qwen2.5-VL: the real model's vocabulary (so the full-vocabulary head costs what it costs there),
+# a 4-layer 512-wide LM and a 4-block 256-wide vision tower with windows and one full-attention block.
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {
+        "image_size": 224,
+        "text": dict(
+            vocab_size=151936,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=64,
+            rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
+        ),
+        "vision": dict(
+            hidden_size=256,
+            intermediate_size=512,
+            out_hidden_size=512,
+            num_heads=4,
+            depth=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            window_size=112,
+            fullatt_block_indexes=[3],
+        ),
+    },
+    "tiny": {"image_size": 32, "text": {}, "vision": {}},  # the test preset's sizes
+}
+
+
+@dataclass
+class NativeBenchConfig:
+    """Settings of ``zreward bench native``."""
+
+    size: str = field(default="small", metadata={"help": "model size: small (Qwen2.5-VL-shaped) or tiny"})
+    batch_sizes: tuple[int, ...] = field(default=(1, 8), metadata={"help": "batch sizes to measure"})
+    warmup: int = field(default=1, metadata={"help": "untimed runs per provider before measuring"})
+    repeats: int = field(default=5, metadata={"help": "timed runs per provider; the median is reported"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    out: str = field(default="runs/bench_native", metadata={"help": "output folder for JSONL/CSV/Markdown"})
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
+        if self.repeats < 1 or self.warmup < 0 or not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError("repeats >= 1, warmup >= 0 and batch sizes >= 1 are required")
+
+
+def run(config: NativeBenchConfig) -> list[dict[str, Any]]:
+    """Measure both providers for every batch size; one row per (provider, batch)."""
+    from zreward_deploy.bench.common import torch_threads
+
+    with torch_threads(config.threads):
+        return _run(config)
+
+
+def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
+    import torch
+
+    from zreward_deploy.bench.common import environment, progress, summarize, time_interleaved
+    from zreward_deploy.native import build_native_preset, patchify
+
+    size = SIZES[config.size]
+    progress(f"native: building the {config.size} Qwen2.5-VL-shaped model ...")
+    reward, processor = build_native_preset(
+        "qwen2_5_vl", seed=0, image_size=size["image_size"], text=size["text"], vision=size["vision"]
+    )
+    hf = reward.model
+    dims = processor.config.get_rubric().names
+    suffixes = processor.suffix_ids(dims)
+    prompt = processor.prompt_ids(PROMPT)
+    head = reward.head_ids.tolist()
+    score_ids = torch.tensor(processor.score_token_ids)
+    temperature = reward.temperature
+    params = sum(p.numel() for p in hf.parameters())
+    env = environment()
+    rows: list[dict[str, Any]] = []
+    for batch in config.batch_sizes:
+        images = torch.rand(
+            batch, 3, size["image_size"], size["image_size"], generator=torch.Generator().manual_seed(batch)
+        )
+        pixel_values = processor.preprocess_tensor(images)
+        ids, mask = processor.pad([prompt] * batch)
+        patches = patchify(pixel_values, reward.patch_size, reward.temporal_patch_size, reward.merge_size)
+        grid = reward.image_grid_thw(batch, torch.device("cpu"))
+        generic_inputs = []
+        for suffix in suffixes:
+            seq = torch.tensor([*head, *prompt, *suffix.tolist()]).expand(batch, -1)
+            extra = {}
+            if int(version("transformers").split(".")[0]) >= 5:  # 5.x's M-RoPE needs the token types
+                extra["mm_token_type_ids"] = (seq == hf.config.image_token_id).int()
+            generic_inputs.append(dict(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=patches,
+                                       image_grid_thw=grid, **extra))  # fmt: skip
+
+        def hf_generic(generic_inputs=generic_inputs):
+            logits = [hf(**inputs).logits[:, -1] for inputs in generic_inputs]  # [B, V] per dimension
+            return torch.softmax(torch.stack(logits, 1)[..., score_ids] / temperature, -1)
+
+        def hf_generic_last(generic_inputs=generic_inputs):
+            logits = [hf(**inputs, logits_to_keep=1).logits[:, -1] for inputs in generic_inputs]
+            return torch.softmax(torch.stack(logits, 1)[..., score_ids] / temperature, -1)
+
+        def one_pass(pixel_values=pixel_values, ids=ids, mask=mask):
+            return reward(pixel_values, ids, mask, suffixes).probs
+
+        progress(
+            f"native: batch {batch}: timing hf_generic, hf_generic_last and one_pass ({config.repeats} runs each) ..."
+        )
+        with torch.inference_mode():
+            ours = one_pass()
+            parity = {"hf_generic": float((hf_generic() - ours).abs().max()),
+                      "hf_generic_last": float((hf_generic_last() - ours).abs().max())}  # fmt: skip
+            parity["one_pass"] = max(parity.values())
+            providers = {"hf_generic": hf_generic, "hf_generic_last": hf_generic_last, "one_pass": one_pass}
+            times = time_interleaved(providers, config.warmup, config.repeats)
+        tokens = {
+            "hf_generic": sum(len(head) + len(prompt) + len(s) for s in suffixes),
+            "hf_generic_last": sum(len(head) + len(prompt) + len(s) for s in suffixes),
+            "one_pass": len(head) + len(prompt) + sum(len(s) for s in suffixes),
+        }
+        medians = {name: summarize(samples)["median_ms"] for name, samples in times.items()}
+        for name, samples in times.items():
+            stats = summarize(samples)
+            rows.append(
+                {
+                    "bench": "native", "provider": name, "family": "qwen2_5_vl", "size": config.size,
+                    "parameters": params, "image_size": size["image_size"], "image_tokens": reward.num_image_tokens,
+                    "batch": batch, "dimensions": len(dims), "lm_tokens_per_item": tokens[name],
+                    "max_abs_dprobs": parity[name], **stats, "images_per_s": batch / stats["median_ms"] * 1e3,
+                    "speedup_vs_hf_generic": medians["hf_generic"] / stats["median_ms"],
+                    "speedup_vs_hf_generic_last": medians["hf_generic_last"] / stats["median_ms"], "dtype": "float32",
+                    "device": "cpu", "env": env,
+                }
+            )  # fmt: skip
+        progress(f"native: batch {batch}: one pass {medians['hf_generic'] / medians['one_pass']:.2f}x faster, "
+                 f"max |Δprobs| {parity['one_pass']:.1e}")  # fmt: skip
+    return rows
+
+
+COLUMNS = ("provider", "batch", "dimensions", "lm_tokens_per_item", "median_ms", "p95_ms", "images_per_s",
+           "speedup_vs_hf_generic", "speedup_vs_hf_generic_last", "max_abs_dprobs")  # fmt: skip
+
+
+def report(config: NativeBenchConfig) -> list[dict[str, Any]]:
+    """:func:`run`, then write ``bench_native.{jsonl,csv,md}`` under ``config.out`` and print the table."""
+    from zreward_deploy.bench.common import markdown_table, write_rows
+
+    rows = run(config)
+    jsonl, csv_path = write_rows(rows, config.out, "bench_native")
+    table = markdown_table(rows, COLUMNS)
+    Path(config.out, "bench_native.md").write_text(table + "\n")
+    print(table)
+    print(f"\nenvironment: {json.dumps(rows[0]['env'])}\nwrote {jsonl} and {csv_path}", file=sys.stderr)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from zreward_deploy.cliargs import config_from_argv
+
+    return report(config_from_argv(NativeBenchConfig, argv, __doc__, space_separated=True))
+
+
+if __name__ == "__main__":
+    main()
