@@ -91,7 +91,7 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
     import torch
 
     from zreward_deploy.bench.common import environment, progress, summarize, time_interleaved
-    from zreward_deploy.native import build_native_preset, patchify
+    from zreward_deploy.native import build_native_preset
 
     size = SIZES[config.size]
     progress(f"native: building the {config.size} Qwen2.5-VL-shaped model ...")
@@ -114,16 +114,16 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
         )
         pixel_values = processor.preprocess_tensor(images)
         ids, mask = processor.pad([prompt] * batch)
-        patches = patchify(pixel_values, reward.patch_size, reward.temporal_patch_size, reward.merge_size)
-        grid = reward.image_grid_thw(batch, torch.device("cpu"))
+        image_inputs = reward.hf_image_inputs(pixel_values)
         generic_inputs = []
         for suffix in suffixes:
             seq = torch.tensor([*head, *prompt, *suffix.tolist()]).expand(batch, -1)
             extra = {}
             if int(version("transformers").split(".")[0]) >= 5:  # 5.x's M-RoPE needs the token types
                 extra["mm_token_type_ids"] = (seq == hf.config.image_token_id).int()
-            generic_inputs.append(dict(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=patches,
-                                       image_grid_thw=grid, **extra))  # fmt: skip
+            generic_inputs.append(
+                dict(input_ids=seq, attention_mask=torch.ones_like(seq), **image_inputs, **extra)
+            )
 
         def hf_generic(generic_inputs=generic_inputs):
             logits = [hf(**inputs).logits[:, -1] for inputs in generic_inputs]  # [B, V] per dimension

@@ -1,5 +1,6 @@
-"""Native HF VLMs (zreward_deploy/native.py): one-pass scoring of Qwen2-VL and Qwen2.5-VL equals the HF
-model's own forward run once per (item, dimension) with full-vocabulary logits, on both transformers lines.
+"""Native HF VLMs (zreward_deploy/native.py): one-pass scoring of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and SmolVLM
+equals the HF model's own forward run once per (item, dimension) with full-vocabulary logits, on both
+transformers lines.
 
 Tiny models built from configs (no download), weights redrawn from N(0, 0.1) so that the score logits are
 O(1) and a wrong position or a leaking mask shows.
@@ -22,7 +23,8 @@ TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 120, 121, 122, 123
 SCORE_IDS = [30, 31, 32, 33, 34]  # the K = 5 score tokens, "1".."5"
 VALUES = [1.0, 2.0, 3.0, 4.0, 5.0]
-IMAGE_SIZE = (16, 32)  # patch 4 x merge 2: 2 x 4 image tokens in the language model
+IMAGE_SIZE = (16, 32)  # patch 4 x merge 2: 2 x 4 image tokens in the language model (Qwen-VL)
+SMOL_SIZE = (32, 32)  # SmolVLM reads its tower's own size: patch 8, pixel shuffle 2 -> 2 x 2 = 4 tokens
 TEXT = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
@@ -44,7 +46,18 @@ def build(family: str, seed: int = 0, attn: str = "sdpa"):
     )
 
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
-    if family == "qwen3_vl":
+    if family == "smolvlm":
+        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+        text = {k: v for k, v in TEXT.items() if k != "rope_scaling"}
+        vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                      image_size=SMOL_SIZE[0], patch_size=8)  # fmt: skip
+        config = SmolVLMConfig(
+            text_config={"model_type": "llama", **text}, vision_config=vision, scale_factor=2,
+            image_token_id=IMAGE_TOKEN, pad_token_id=0, attn_implementation=attn,
+        )  # fmt: skip
+        cls = SmolVLMForConditionalGeneration
+    elif family == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
         text = {k: v for k, v in TEXT.items() if k != "rope_scaling"}
@@ -75,23 +88,28 @@ def build(family: str, seed: int = 0, attn: str = "sdpa"):
 
 
 def head_ids(n_image: int) -> list[int]:
-    # "<|im_start|>user\n" ~ [3, 4, 5], the image, then "\n" ~ [6]
+    # "<|im_start|>user\n" ~ [3, 4, 5], the image between its start and end tokens, then "\n" ~ [6]
     return [3, 4, 5, VISION_START, *[IMAGE_TOKEN] * n_image, VISION_END, 6]
 
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
+
+
+def size_of(family: str) -> tuple[int, int]:
+    return SMOL_SIZE if family == "smolvlm" else IMAGE_SIZE
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def native(request):
     model = build(request.param)
-    reward = NativeRewardModel(model, head_ids(8), SCORE_IDS, VALUES, IMAGE_SIZE, temperature=0.7).eval()
-    return request.param, model, reward
+    n = 4 if request.param == "smolvlm" else 8
+    reward = NativeRewardModel(model, head_ids(n), SCORE_IDS, VALUES, size_of(request.param), temperature=0.7)
+    return request.param, model, reward.eval()
 
 
-def _batch(seed: int = 0):
+def _batch(seed: int = 0, size: tuple[int, int] = IMAGE_SIZE):
     gen = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(3, 3, *IMAGE_SIZE, generator=gen)
+    pixel_values = torch.randn(3, 3, *size, generator=gen)
     lengths = [7, 3, 5]
     ids = torch.randint(7, 100, (3, 7), generator=gen)
     mask = (torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]).long()
@@ -100,39 +118,34 @@ def _batch(seed: int = 0):
     return pixel_values, ids, mask, lengths, suffixes
 
 
-def _hf_reference(model, pixel_values, ids, lengths, suffixes, temperature):
-    """What a transformers user writes today: the model's own forward (its own positions from
-    get_rope_index, its own causal mask) on each [head][prompt][suffix_d], full-vocabulary logits at the
-    last token, then the K score tokens' logits -> softmax. ``[B, D, K]``."""
+def _hf_reference(reward, pixel_values, ids, lengths, suffixes, temperature):
+    """What a transformers user writes today: the model's own forward (its own positions, e.g. from
+    get_rope_index, and its own causal mask) on each [head][prompt][suffix_d], full-vocabulary logits at
+    the last token, then the K score tokens' logits -> softmax. ``[B, D, K]``."""
     rows = []
+    head = reward.head_ids.tolist()
     for b in range(ids.shape[0]):
         row = []
         for suffix in suffixes:
-            seq = torch.tensor([*head_ids(8), *ids[b, : lengths[b]].tolist(), *suffix.tolist()])[None]
-            pv = patchify(pixel_values[b : b + 1], 4, 2, 2)
-            grid = torch.tensor([[1, IMAGE_SIZE[0] // 4, IMAGE_SIZE[1] // 4]])
-            extra = {}
-            if TRANSFORMERS_5:  # 5.x's processors return which tokens are image tokens; its M-RoPE needs them
+            seq = torch.tensor([*head, *ids[b, : lengths[b]].tolist(), *suffix.tolist()])[None]
+            extra = reward.hf_image_inputs(pixel_values[b : b + 1])
+            if TRANSFORMERS_5 and reward.family != "smolvlm":  # 5.x's M-RoPE needs the token types
                 extra["mm_token_type_ids"] = (seq == IMAGE_TOKEN).int()
             with torch.no_grad():
-                logits = model(
-                    input_ids=seq,
-                    attention_mask=torch.ones_like(seq),
-                    pixel_values=pv,
-                    image_grid_thw=grid,
-                    **extra,
-                ).logits[0, -1]
+                logits = reward.model(input_ids=seq, attention_mask=torch.ones_like(seq), **extra).logits[
+                    0, -1
+                ]
             row.append(torch.softmax(logits[SCORE_IDS] / temperature, -1))
         rows.append(torch.stack(row))
     return torch.stack(rows)
 
 
 def test_one_pass_equals_the_hf_forward_per_dimension(native):
-    _, model, reward = native
-    pixel_values, ids, mask, lengths, suffixes = _batch()
+    family, _, reward = native
+    pixel_values, ids, mask, lengths, suffixes = _batch(size=size_of(family))
     with torch.no_grad():
         out = reward(pixel_values, ids, mask, suffixes)
-    want = _hf_reference(model, pixel_values, ids, lengths, suffixes, 0.7)
+    want = _hf_reference(reward, pixel_values, ids, lengths, suffixes, 0.7)
     assert out.probs.shape == (3, 3, 5)
     torch.testing.assert_close(out.probs, want, rtol=0, atol=2e-6)
     expected_mean = (want * torch.tensor(VALUES)).sum(-1)
@@ -147,17 +160,23 @@ def test_positions_and_mask_matter(native, monkeypatch):
     them, give other distributions (so the equality above tests the positions and the mask)."""
     import zreward_deploy.native as native_module
 
-    _, _, reward = native
-    pixel_values, ids, mask, _, suffixes = _batch()
+    family, _, reward = native
+    pixel_values, ids, mask, _, suffixes = _batch(size=size_of(family))
     with torch.no_grad():
         good = reward(pixel_values, ids, mask, suffixes).probs
+    n_suffix = sum(int(s.numel()) for s in suffixes)
 
-    def no_restart(*args, **kwargs):
-        pos = mrope_positions(*args, **kwargs)
-        tail = pos.shape[-1] - sum(int(s.numel()) for s in suffixes)
-        return torch.cat([pos[..., :tail], pos[..., tail:] + torch.arange(pos.shape[-1] - tail)], dim=-1)
+    def no_restart(pos):  # the suffixes continue counting instead of restarting
+        tail = pos.shape[-1] - n_suffix
+        return torch.cat([pos[..., :tail], pos[..., tail:] + torch.arange(n_suffix)], dim=-1)
 
-    monkeypatch.setattr(native_module, "mrope_positions", no_restart)
+    if family == "smolvlm":  # 1-D positions come with the mask
+        monkeypatch.setattr(
+            native_module, "multi_suffix_mask",
+            lambda *a: (lambda m, p: (m, no_restart(p)))(*multi_suffix_mask(*a)),
+        )  # fmt: skip
+    else:
+        monkeypatch.setattr(native_module, "mrope_positions", lambda *a: no_restart(mrope_positions(*a)))
     with torch.no_grad():
         shifted = reward(pixel_values, ids, mask, suffixes).probs
     assert (shifted - good).abs().max() > 1e-3
@@ -196,8 +215,8 @@ def test_patchify_is_the_hf_image_processors_layout():
 
 
 def test_gradients_reach_every_pixel_and_the_score_rows(native):
-    _, model, reward = native
-    pixel_values, ids, mask, _, suffixes = _batch(1)
+    family, model, reward = native
+    pixel_values, ids, mask, _, suffixes = _batch(1, size_of(family))
     pixel_values.requires_grad_(True)
     model.zero_grad()
     out = reward(pixel_values, ids, mask, suffixes)
@@ -264,19 +283,19 @@ def test_a_native_folder_scores_through_the_scorer_like_the_hf_forward(native_di
     result = scorer.score(images, PROMPTS)
     assert result.errors == {} and result.probs.shape == (2, 4, 5)
     hf = scorer.model.model
-    grid = torch.tensor([[1, 32 // 4, 32 // 4]])
     for b, (image, prompt) in enumerate(zip(images, PROMPTS, strict=True)):
-        pv = patchify(processor.pixel_values([processor.model_image(image)]), 4, 2, 2)
+        image_inputs = scorer.model.hf_image_inputs(processor.pixel_values([processor.model_image(image)]))
         for d, suffix in enumerate(processor.suffix_ids(result.dimensions)):
             seq = torch.tensor(
                 [*scorer.model.head_ids.tolist(), *processor.prompt_ids(prompt), *suffix.tolist()]
             )
-            extra = (
-                {"mm_token_type_ids": (seq == hf.config.image_token_id).int()[None]} if TRANSFORMERS_5 else {}
-            )
+            extra = dict(image_inputs)
+            if TRANSFORMERS_5 and family != "smolvlm":  # 5.x's M-RoPE needs the token types
+                extra["mm_token_type_ids"] = (seq == hf.config.image_token_id).int()[None]
             with torch.no_grad():
-                logits = hf(input_ids=seq[None], attention_mask=torch.ones_like(seq)[None], pixel_values=pv,
-                            image_grid_thw=grid, **extra).logits[0, -1]  # fmt: skip
+                logits = hf(input_ids=seq[None], attention_mask=torch.ones_like(seq)[None], **extra).logits[
+                    0, -1
+                ]
             want = torch.softmax(logits[processor.score_token_ids], -1)
             torch.testing.assert_close(result.probs[b, d], want, rtol=0, atol=2e-6)
     assert (result.probs.max(-1).values > 0.3).any()  # not near-uniform: the check can fail
@@ -326,7 +345,7 @@ def _with_settings(folder, out, **changes):
         ({"score_scale": {"values": [1, 2, 3], "tokens": ["poor", "average", "excellent"]}}, "single token"),
         ({"resolution": 448}, "unknown settings"),
         ({"image_size": 36}, "multiple of 8"),
-        ({"head": "<|im_start|>user\n"}, "exactly one <|image_pad|>"),
+        ({"head": "<|im_start|>user\n"}, "with exactly one <"),
     ],
 )
 def test_native_settings_that_would_fail_later_are_refused(native_dir, tmp_path, changes, error):

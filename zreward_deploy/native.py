@@ -1,9 +1,11 @@
-"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): one-pass scoring through their own forward.
+"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM): one-pass scoring through
+their own forward.
 
 Native-checkpoint support (docs/model.md, "Native VLM backbones"), first parts: the model, loading a
 checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained``), and tiny
 presets. A :class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration`` and scores D rubric
+``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration`` or
+``SmolVLMForConditionalGeneration`` and scores D rubric
 dimensions in one forward, with the same ``forward(pixel_values, input_ids, attention_mask, suffix_ids)
 -> ZRewardOutput`` as :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward
 model can call it.
@@ -57,7 +59,7 @@ from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, reward_output
 from zreward_deploy.processing import ZRewardProcessor
 
-NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
 """``model_type`` of the HF checkpoints :class:`NativeRewardModel` takes."""
 
 
@@ -125,7 +127,8 @@ def mrope_positions(
 
 
 class NativeRewardModel(nn.Module):
-    """A native Qwen2-VL / Qwen2.5-VL / Qwen3-VL model read out as a Z-Reward model (module docstring).
+    """A native Qwen2-VL / Qwen2.5-VL / Qwen3-VL / SmolVLM model read out as a Z-Reward model (module
+    docstring; SmolVLM: one image at its tower's size, 1-D positions).
 
     Args:
         model: the HF ``...ForConditionalGeneration`` (``config.model_type`` in :data:`NATIVE_FAMILIES`),
@@ -160,10 +163,21 @@ class NativeRewardModel(nn.Module):
             )
         vision = config.vision_config
         self.model = model
+        self.family = config.model_type
         self.patch_size = int(vision.patch_size)
-        self.temporal_patch_size = int(vision.temporal_patch_size)
-        self.merge_size = int(vision.spatial_merge_size)
         h, w = image_size
+        if self.family == "smolvlm":
+            # One image at the tower's own size (no splitting); the connector's pixel shuffle merges
+            # scale_factor x scale_factor patches into one token.
+            self.temporal_patch_size, self.merge_size = 1, int(config.scale_factor)
+            side = int(vision.image_size)
+            if (h, w) != (side, side):
+                raise InvalidModelError(
+                    "image_size", f"{h}x{w}: SmolVLM's vision tower reads {side}x{side} images"
+                )
+        else:
+            self.temporal_patch_size = int(vision.temporal_patch_size)
+            self.merge_size = int(vision.spatial_merge_size)
         unit = self.patch_size * self.merge_size
         if h % unit or w % unit:
             raise InvalidModelError("image_size", f"{h}x{w} is not a multiple of {unit} (patch x merge)")
@@ -191,6 +205,18 @@ class NativeRewardModel(nn.Module):
     @property
     def config(self) -> Any:
         return self.model.config
+
+    def hf_image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[B, 3, H, W]`` normalised images -> the image arguments of the HF model's forward: the Qwen-VL
+        patch layout and ``image_grid_thw``, or SmolVLM's ``[B, 1, 3, H, W]`` (one image per item)."""
+        if self.family == "smolvlm":
+            return {"pixel_values": pixel_values.unsqueeze(1)}
+        return {
+            "pixel_values": patchify(
+                pixel_values, self.patch_size, self.temporal_patch_size, self.merge_size
+            ),
+            "image_grid_thw": self.image_grid_thw(pixel_values.shape[0], pixel_values.device),
+        }
 
     def image_grid_thw(self, batch: int, device: torch.device) -> torch.Tensor:
         gh, gw = (s // self.patch_size for s in self.image_size)
@@ -227,17 +253,15 @@ class NativeRewardModel(nn.Module):
         head = self.head_ids.to(device)
         ids = torch.cat([head.expand(batch, -1), input_ids, suffix.expand(batch, -1)], dim=1)
         dtype = self.model.get_input_embeddings().weight.dtype
-        mask, _ = multi_suffix_mask(attention_mask, head.numel(), lengths, dtype)
-        positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, lengths)
+        mask, positions = multi_suffix_mask(attention_mask, head.numel(), lengths, dtype)
+        if self.family != "smolvlm":  # M-RoPE; SmolVLM's Llama takes the 1-D positions as they are
+            positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, lengths)
         out = self.model.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            pixel_values=patchify(
-                pixel_values.to(dtype), self.patch_size, self.temporal_patch_size, self.merge_size
-            ),
-            image_grid_thw=self.image_grid_thw(batch, device),
             use_cache=False,
+            **self.hf_image_inputs(pixel_values.to(dtype)),
         )
         hidden = out.last_hidden_state
         ends = torch.tensor(lengths, device=device).cumsum(0) + (head.numel() + prompt_len - 1)
@@ -268,12 +292,22 @@ NATIVE_TEMPLATES = {
 }
 """The package's templates with the prompt part following the head (the head opens the user turn)."""
 DEFAULT_IMAGE_SIZE = 448
+"""The Qwen-VL families' default resolution; SmolVLM's is its vision tower's own size."""
 # image normalisation of the families' own processors when a folder has no preprocessor_config.json
 _FAMILY_NORMALISATION = {
     "qwen2_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "qwen2_5_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "qwen3_vl": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "smolvlm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+IMAGE_PLACEHOLDER = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
+                     "smolvlm": "<image>"}  # fmt: skip
+"""The text of the image token in each family's tokenizer: the head holds it once."""
+DEFAULT_HEADS = {
+    **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), DEFAULT_HEAD),
+    "smolvlm": "<|im_start|>User:<fake_token_around_image><global-img><image><fake_token_around_image>",
+}
+"""The default head of each family: its chat turn's opening and one image placeholder."""
 _SETTINGS = ("image_size", "head", "score_scale", "rubric", "templates", "max_prompt_tokens",
              "score_temperature", "training")  # fmt: skip
 
@@ -295,7 +329,7 @@ class NativeConfig:
         image_size: int = DEFAULT_IMAGE_SIZE,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
-        head: str = DEFAULT_HEAD,
+        head: str | None = None,
         score_scale: Mapping[str, Sequence] | None = None,
         rubric: Sequence[Mapping[str, Any]] | None = None,
         templates: Mapping[str, str] | None = None,
@@ -307,8 +341,10 @@ class NativeConfig:
             raise InvalidModelError("model_type", f"{family!r} is not one of {NATIVE_FAMILIES}")
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise InvalidModelError("image_size", f"must be a positive integer, got {image_size!r}")
-        if not isinstance(head, str) or head.count("<|image_pad|>") != 1:
-            raise InvalidModelError("head", "must be a string with exactly one <|image_pad|>")
+        head = DEFAULT_HEADS[family] if head is None else head
+        placeholder = IMAGE_PLACEHOLDER[family]
+        if not isinstance(head, str) or head.count(placeholder) != 1:
+            raise InvalidModelError("head", f"must be a string with exactly one {placeholder}")
         if not score_temperature > 0:
             raise InvalidModelError("score_temperature", f"must be > 0, got {score_temperature}")
         unknown = set(templates or {}) - set(NATIVE_TEMPLATES)
@@ -405,6 +441,9 @@ def load_native(
     if (directory / "preprocessor_config.json").exists():
         pre = read_json_object(directory / "preprocessor_config.json", InvalidModelError)
         mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
+    if family == "smolvlm" and "image_size" not in settings:  # the tower's own size
+        vision = read_json_object(directory / "config.json", InvalidModelError).get("vision_config") or {}
+        settings = {**settings, "image_size": int(vision.get("image_size", 512))}
     try:
         config = NativeConfig(family, image_mean=mean, image_std=std, **settings)
     except InvalidModelError as exc:
@@ -429,20 +468,35 @@ def load_native(
         ) from None
     processor = ZRewardProcessor(tokenizer, config)  # checks the score tokens are single tokens
     config.score_token_ids = processor.score_token_ids
-    unit = int(hf.config.vision_config.patch_size) * int(hf.config.vision_config.spatial_merge_size)
+    try:
+        model = native_reward_model(hf.eval(), tokenizer, config)
+    except InvalidModelError as exc:
+        raise InvalidModelError(str(directory / SETTINGS_FILE), f"{exc.item}: {exc.reason}") from None
+    return model, processor
+
+
+def image_token_unit(hf_config: Any) -> int:
+    """Pixels per side of one language-model image token: patch size x merge (Qwen-VL) or x the pixel
+    shuffle's scale factor (SmolVLM)."""
+    vision = hf_config.vision_config
+    merge = hf_config.scale_factor if hf_config.model_type == "smolvlm" else vision.spatial_merge_size
+    return int(vision.patch_size) * int(merge)
+
+
+def native_reward_model(hf: nn.Module, tokenizer: Any, config: NativeConfig) -> NativeRewardModel:
+    """The :class:`NativeRewardModel` of an HF model with these settings (the head expanded to the image's
+    tokens at ``config.image_size``)."""
+    unit = image_token_unit(hf.config)
     if config.image_size % unit:
         raise InvalidModelError(
-            str(directory / SETTINGS_FILE),
-            f"image_size {config.image_size} is not a multiple of {unit} (patch x merge)",
+            "image_size", f"{config.image_size} is not a multiple of {unit} (patch x merge)"
         )
     n = (config.image_size // unit) ** 2
     head = head_token_ids(tokenizer, config.head, int(hf.config.image_token_id), n)
-    scale = config.get_score_scale()
-    model = NativeRewardModel(
-        hf.eval(), head, processor.score_token_ids, scale.values, (config.image_size, config.image_size),
+    return NativeRewardModel(
+        hf, head, config.score_token_ids, config.get_score_scale().values, (config.image_size, config.image_size),
         temperature=config.score_temperature,
     )  # fmt: skip
-    return model, processor
 
 
 def save_native(model: NativeRewardModel, processor: ZRewardProcessor, directory: str | os.PathLike) -> None:
@@ -466,6 +520,7 @@ def save_native(model: NativeRewardModel, processor: ZRewardProcessor, directory
 # --------------------------------------------------------------------------------------------------
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SMOLVLM_TOKENS = ["<fake_token_around_image>", "<global-img>", "<image>"]
 
 
 def build_native_preset(
@@ -486,20 +541,26 @@ def build_native_preset(
     if family not in NATIVE_FAMILIES:
         raise InvalidModelError("family", f"{family!r} is not one of {NATIVE_FAMILIES}")
     tokenizer = build_tokenizer()
-    tokenizer.add_tokens(VISION_TOKENS, special_tokens=True)  # the API both transformers lines have
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
-    special = dict(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    smol = family == "smolvlm"
+    added = SMOLVLM_TOKENS if smol else VISION_TOKENS
+    tokenizer.add_tokens(added, special_tokens=True)  # the API both transformers lines have
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in added}
+    common_ids = dict(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    if smol:
+        special = dict(image_token_id=ids["<image>"], **common_ids)
+    else:
+        special = dict(
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], **common_ids,
+        )  # fmt: skip
     text_fields = dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-        tie_word_embeddings=False, bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
-        pad_token_id=special["pad_token_id"],
+        tie_word_embeddings=False, **common_ids,
     )  # fmt: skip
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
+    extra: dict[str, Any] = {}
     if family == "qwen2_vl":
         text_fields["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
         vision_fields = dict(embed_dim=32, hidden_size=64, **common)
@@ -507,7 +568,7 @@ def build_native_preset(
         text_fields["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
         vision_fields = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=16,
                              fullatt_block_indexes=[1], **common)  # fmt: skip
-    else:
+    elif family == "qwen3_vl":
         text_fields["rope_scaling"] = {
             "rope_type": "default",
             "mrope_section": [2, 3, 3],
@@ -515,9 +576,16 @@ def build_native_preset(
         }
         vision_fields = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=16,
                              deepstack_visual_indexes=[0, 1], **common)  # fmt: skip
+    else:  # SmolVLM: a SigLIP-style tower at the image size, a Llama LM, pixel shuffle by 2
+        text_fields["model_type"] = "llama"
+        vision_fields = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=image_size, patch_size=4)  # fmt: skip
+        extra["scale_factor"] = 2
     text_fields.update(text or {})
     vision_fields.update(vision or {})
-    hf_config = AutoConfig.for_model(family, text_config=text_fields, vision_config=vision_fields, **special)
+    hf_config = AutoConfig.for_model(
+        family, text_config=text_fields, vision_config=vision_fields, **special, **extra
+    )
     hf_config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     hf = AutoModelForImageTextToText.from_config(hf_config, attn_implementation="sdpa").eval()
@@ -526,10 +594,4 @@ def build_native_preset(
                           training={"method": "none", "dimensions": []})  # fmt: skip
     processor = ZRewardProcessor(tokenizer, config)
     config.score_token_ids = processor.score_token_ids
-    unit = int(vision_fields["patch_size"]) * int(vision_fields["spatial_merge_size"])
-    if image_size % unit:
-        raise InvalidModelError("image_size", f"{image_size} is not a multiple of {unit} (patch x merge)")
-    head = head_token_ids(tokenizer, config.head, special["image_token_id"], (image_size // unit) ** 2)
-    model = NativeRewardModel(hf, head, processor.score_token_ids, config.get_score_scale().values,
-                              (image_size, image_size))  # fmt: skip
-    return model, processor
+    return native_reward_model(hf, tokenizer, config), processor

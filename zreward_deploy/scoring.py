@@ -285,7 +285,7 @@ class Scorer(BaseScorer):
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs: Any) -> Scorer:
         """Load model and processor from a local model directory (see :class:`Scorer` for kwargs): a
-        package model, or a native Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder as published
+        package model, or a native Qwen2-VL / Qwen2.5-VL / Qwen3-VL / SmolVLM checkpoint folder as published
         (:func:`zreward_deploy.native.load_native`)."""
         from .native import is_native_dir, load_native
 
