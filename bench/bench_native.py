@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +117,7 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
         generic_inputs = []
         for suffix in suffixes:
             seq = torch.tensor([*head, *prompt, *suffix.tolist()]).expand(batch, -1)
-            extra = {}
-            if int(version("transformers").split(".")[0]) >= 5:  # 5.x's M-RoPE needs the token types
-                extra["mm_token_type_ids"] = (seq == hf.config.image_token_id).int()
+            extra = reward.mm_token_types(seq)  # transformers 5's M-RoPE needs the token types
             generic_inputs.append(
                 dict(input_ids=seq, attention_mask=torch.ones_like(seq), **image_inputs, **extra)
             )

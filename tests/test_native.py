@@ -9,7 +9,6 @@ O(1) and a wrong position or a leaking mask shows.
 from __future__ import annotations
 
 import re
-from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.modeling import multi_suffix_mask
 from zreward_deploy.native import NativeRewardModel, mrope_positions, patchify
 
-TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 120, 121, 122, 123
 SCORE_IDS = [30, 31, 32, 33, 34]  # the K = 5 score tokens, "1".."5"
 VALUES = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -128,9 +126,7 @@ def _hf_reference(reward, pixel_values, ids, lengths, suffixes, temperature):
         row = []
         for suffix in suffixes:
             seq = torch.tensor([*head, *ids[b, : lengths[b]].tolist(), *suffix.tolist()])[None]
-            extra = reward.hf_image_inputs(pixel_values[b : b + 1])
-            if TRANSFORMERS_5 and reward.family != "smolvlm":  # 5.x's M-RoPE needs the token types
-                extra["mm_token_type_ids"] = (seq == IMAGE_TOKEN).int()
+            extra = {**reward.hf_image_inputs(pixel_values[b : b + 1]), **reward.mm_token_types(seq)}
             with torch.no_grad():
                 logits = reward.model(input_ids=seq, attention_mask=torch.ones_like(seq), **extra).logits[
                     0, -1
@@ -289,9 +285,7 @@ def test_a_native_folder_scores_through_the_scorer_like_the_hf_forward(native_di
             seq = torch.tensor(
                 [*scorer.model.head_ids.tolist(), *processor.prompt_ids(prompt), *suffix.tolist()]
             )
-            extra = dict(image_inputs)
-            if TRANSFORMERS_5 and family != "smolvlm":  # 5.x's M-RoPE needs the token types
-                extra["mm_token_type_ids"] = (seq == hf.config.image_token_id).int()[None]
+            extra = {**image_inputs, **scorer.model.mm_token_types(seq[None])}
             with torch.no_grad():
                 logits = hf(input_ids=seq[None], attention_mask=torch.ones_like(seq)[None], **extra).logits[
                     0, -1
@@ -381,3 +375,77 @@ def test_score_tensor_on_a_native_folder_is_differentiable_to_the_pixels(native_
     assert torch.isfinite(images.grad).all() and (images.grad != 0).float().mean() > 0.99
     plain = scorer.score(list(images.detach()), PROMPTS)
     torch.testing.assert_close(result.reward.detach(), plain.reward, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher generation: the model's own generate, then the score after the reasoning
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def native_teacher(request):
+    from zreward_deploy.native import build_native_preset
+
+    model, processor = build_native_preset(request.param, seed=1)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    return request.param, model.eval(), processor
+
+
+def test_teacher_generation_agrees_with_teacher_forcing_and_the_hf_forward(native_teacher):
+    """generate_reasoning samples with the HF model's own generate (left padding, its own positions and
+    cache); the log-probs it records equal the teacher-forced pass (right padding, closed-form positions,
+    4-D mask), and the score read after each trace equals the HF forward on that whole sequence."""
+    from zreward_deploy.generation import generate_reasoning, teacher_forward, teacher_sequences
+
+    _, model, processor = native_teacher
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    prompts = ["a red cube", "two blue spheres on the table"]
+    out = generate_reasoning(
+        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=5, seed=0
+    )
+    assert out.reasoning_ids.shape[0] == 4 and out.reasoning_mask.sum() > 0
+    pixel_values = processor.preprocess_tensor(images).repeat_interleave(2, 0)
+    with torch.no_grad():
+        token_logprobs, _ = teacher_forward(
+            model,
+            processor,
+            pixel_values,
+            out.prompt_ids,
+            out.reasoning_ids,
+            out.reasoning_mask,
+            out.finished,
+        )
+    torch.testing.assert_close(token_logprobs, out.logprobs, rtol=0, atol=1e-5)
+    # the same seed, the same traces
+    again = generate_reasoning(
+        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=5, seed=0
+    )
+    assert torch.equal(again.reasoning_ids, out.reasoning_ids)
+
+    lengths = out.reasoning_mask.sum(1).tolist()
+    reasoning = [out.reasoning_ids[i, :n].tolist() for i, n in enumerate(lengths)]
+    ids, mask, _ = teacher_sequences(processor, out.prompt_ids, reasoning, out.finished.tolist())
+    head = model.head_ids.tolist()
+    for i in range(4):
+        seq = torch.tensor([*head, *ids[i, : int(mask[i].sum())].tolist()])[None]
+        extra = {**model.hf_image_inputs(pixel_values[i : i + 1]), **model.mm_token_types(seq)}
+        with torch.no_grad():
+            logits = model.model(input_ids=seq, attention_mask=torch.ones_like(seq), **extra).logits[0, -1]
+        want = torch.softmax(logits[processor.score_token_ids] / model.temperature, -1)
+        torch.testing.assert_close(out.scores.probs[i, 0], want, rtol=0, atol=2e-6)
+
+
+def test_the_reasoning_scorer_reads_a_native_teacher(native_teacher):
+    from zreward_deploy.scoring import ReasoningScorer
+
+    _, model, processor = native_teacher
+    scorer = ReasoningScorer(model, processor, num_samples=2, max_new_tokens=4, seed=0)
+    result = scorer.score(
+        [torch.rand(3, 40, 36), torch.rand(3, 32, 32)], "a red cube", dimensions=["realism"]
+    )
+    assert result.errors == {} and result.probs.shape == (2, 1, 5)
+    torch.testing.assert_close(result.probs.sum(-1), torch.ones(2, 1))
+    assert scorer.tokens_generated > 0 and scorer.images_scored == 2

@@ -183,7 +183,7 @@ def generate_reasoning(
         raise ZRewardInputError("num_samples/max_new_tokens", "must both be >= 1")
     if not temperature > 0:
         raise ZRewardInputError("temperature", f"must be > 0, got {temperature}")
-    model.config.get_rubric()[dimension]  # unknown dimension -> UnknownDimensionError
+    processor.config.get_rubric()[dimension]  # unknown dimension -> UnknownDimensionError
     device = next(model.parameters()).device
     if isinstance(images, torch.Tensor):
         pixel_values = processor.preprocess_tensor(images)
@@ -223,27 +223,25 @@ def _sample_traces(
     """Sample one trace per row -> ``(token ids [N, T], mask [N, T], log-probs at temperature 1 [N, T],
     finished [N])``; a trace is valid up to and including its first stop token, padded after it."""
     device = pixel_values.device
-    embeds, attention_mask = _left_padded_inputs(model, processor, pixel_values, prompt_ids)
     stops = stop_token_ids(processor)
     pad_id = processor.tokenizer.pad_token_id
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        out = model.language_model.generate(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
+        # each model class samples through its own generate: ZRewardModel its language model on the image
+        # and prompt embeddings, a native VLM the HF model's own generate
+        sampled, raw_logits = model.generate_after_prompts(
+            pixel_values,
+            prompt_ids,
+            pad_token_id=pad_id,
             do_sample=True,
             temperature=temperature,
             top_p=top_p,
             top_k=0,
             max_new_tokens=max_new_tokens,
             eos_token_id=stops,
-            pad_token_id=pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
         )
-    sampled = out.sequences  # [N, T]: new tokens only (inputs were embeddings)
-    logits = torch.stack(out.logits, dim=1).float()  # raw, before temperature / top-p
+    logits = raw_logits.float()  # [N, T, V], before temperature / top-p
     token_logprobs = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
     is_stop = torch.isin(sampled, torch.tensor(stops, device=sampled.device))
     # valid = up to and including the first stop token (HF pads after it)
@@ -253,22 +251,3 @@ def _sample_traces(
     token_logprobs = token_logprobs * mask
     sampled = sampled.masked_fill(mask == 0, pad_id)
     return sampled, mask, token_logprobs, finished
-
-
-def _left_padded_inputs(
-    model: ZRewardModel, processor: ZRewardProcessor, pixel_values: torch.Tensor, prompt_ids: list[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[pad][image][prompt]`` embeddings and mask for generation (left padding keeps every row's last
-    token at the end, where ``generate`` appends)."""
-    image_embeds = model.encode_images(pixel_values)
-    embed = model.get_input_embeddings()
-    n, p, h = image_embeds.shape
-    longest = max(len(x) for x in prompt_ids)
-    embeds = image_embeds.new_zeros(n, longest + p, h, dtype=embed.weight.dtype)
-    mask = torch.zeros(n, longest + p, dtype=torch.long, device=pixel_values.device)
-    for i, ids in enumerate(prompt_ids):
-        pad = longest - len(ids)
-        text = embed(torch.tensor(ids, device=pixel_values.device))
-        embeds[i, pad:] = torch.cat([image_embeds[i].to(text.dtype), text])
-        mask[i, pad:] = 1
-    return embeds, mask

@@ -304,6 +304,38 @@ class ZRewardModel(ZRewardPreTrainedModel):
         ends = torch.tensor(lengths, device=device).cumsum(0) + (num_image + prompt_len - 1)
         return self._read_scores(hidden.index_select(1, ends), return_logprobs)
 
+    # -- sampling (teacher generation) -----------------------------------------------------------------
+    def generate_after_prompts(
+        self,
+        pixel_values: torch.Tensor,
+        prompt_ids: Sequence[Sequence[int]],
+        pad_token_id: int,
+        **generate_kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample a continuation of ``[image][prompt_i]`` for each row -> ``(new tokens [N, T], raw logits
+        [N, T, V])``: the language model's ``generate`` on left-padded embeddings (left padding keeps every
+        row's last token at the end, where ``generate`` appends). ``generate_kwargs`` go to ``generate``."""
+        image_embeds = self.encode_images(pixel_values)
+        embed = self.get_input_embeddings()
+        n, p, h = image_embeds.shape
+        longest = max(len(x) for x in prompt_ids)
+        embeds = image_embeds.new_zeros(n, longest + p, h, dtype=embed.weight.dtype)
+        mask = torch.zeros(n, longest + p, dtype=torch.long, device=pixel_values.device)
+        for i, ids in enumerate(prompt_ids):
+            pad = longest - len(ids)
+            text = embed(torch.tensor(ids, device=pixel_values.device))
+            embeds[i, pad:] = torch.cat([image_embeds[i].to(text.dtype), text])
+            mask[i, pad:] = 1
+        out = self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            pad_token_id=pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        return out.sequences, torch.stack(out.logits, dim=1)  # new tokens only (inputs were embeddings)
+
     # -- one dimension per sequence (plain causal) -----------------------------------------------------
     def decoder_hidden(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -371,7 +403,7 @@ def multi_suffix_mask(
     batch, prompt_len = attention_mask.shape
     device = attention_mask.device
     prefix = num_image + prompt_len
-    lengths = torch.tensor(list(suffix_lengths), device=device)
+    lengths = torch.tensor(list(suffix_lengths), dtype=torch.long, device=device)
     total = prefix + int(sum(suffix_lengths))
     segment = torch.cat(
         [

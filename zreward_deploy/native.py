@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, reward_output
 from zreward_deploy.processing import ZRewardProcessor
+
+TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
 
 NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
 """``model_type`` of the HF checkpoints :class:`NativeRewardModel` takes."""
@@ -116,7 +119,7 @@ def mrope_positions(
     tail = head_len - image_at - n_image  # head text after the image
     after = after_start + torch.arange(tail + prompt_len, device=device).expand(3, -1)
     prefix = torch.cat([before, image, after], dim=1)  # [3, head + S]
-    lengths = torch.tensor(list(suffix_lengths), device=device)
+    lengths = torch.tensor(list(suffix_lengths), dtype=torch.long, device=device)
     offsets = torch.arange(int(lengths.sum()), device=device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths
     )
@@ -206,6 +209,18 @@ class NativeRewardModel(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def mm_token_types(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """transformers 5's Qwen-VL forward computes M-RoPE from the token types (1 on image tokens)."""
+        if self.family == "smolvlm" or not TRANSFORMERS_5:
+            return {}
+        return {"mm_token_type_ids": (ids == self.config.image_token_id).int()}
+
     def hf_image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[B, 3, H, W]`` normalised images -> the image arguments of the HF model's forward: the Qwen-VL
         patch layout and ``image_grid_thw``, or SmolVLM's ``[B, 1, 3, H, W]`` (one image per item)."""
@@ -265,17 +280,87 @@ class NativeRewardModel(nn.Module):
         )
         hidden = out.last_hidden_state
         ends = torch.tensor(lengths, device=device).cumsum(0) + (head.numel() + prompt_len - 1)
-        picked = hidden.index_select(1, ends)  # [B, D, H]
-        b, d, h = picked.shape
+        return self._read(hidden.index_select(1, ends), return_logprobs)  # [B, D, hidden] at the answers
+
+    def _read(self, hidden: torch.Tensor, return_logprobs: bool) -> ZRewardOutput:
+        b, d, h = hidden.shape
         scored = score_head(
-            picked.reshape(b * d, h),
-            self.model.get_output_embeddings().weight,
+            hidden.reshape(b * d, h),
+            self.get_output_embeddings().weight,
             self.values,
             self.temperature,
             score_ids=self.score_ids,
             return_logprobs=return_logprobs,
         )
         return reward_output(scored, b, d)
+
+    # -- one sequence per row (teacher forcing), and sampling with the model's own generate -----------
+    def decoder_hidden(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Last hidden states ``[B, H + S, hidden]`` of ``[head][text]`` (``text`` right-padded), plain causal:
+        the teacher-forcing pass (the head's image tokens are the ``H`` leading positions)."""
+        batch = input_ids.shape[0]
+        head = self.head_ids.to(input_ids.device)
+        ids = torch.cat([head.expand(batch, -1), input_ids], dim=1)
+        dtype = self.get_input_embeddings().weight.dtype
+        mask, positions = multi_suffix_mask(attention_mask, head.numel(), [], dtype)
+        if self.family != "smolvlm":
+            positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, [])
+        out = self.model.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            **self.hf_image_inputs(pixel_values.to(dtype)),
+        )
+        return out.last_hidden_state
+
+    def score_sequences(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        return_logprobs: bool = False,
+        hidden: torch.Tensor | None = None,
+    ) -> ZRewardOutput:
+        """Score each right-padded ``[head][text]`` at its last valid token -> ``probs [B, 1, K]`` etc."""
+        if hidden is None:
+            hidden = self.decoder_hidden(pixel_values, input_ids, attention_mask)
+        answer = attention_mask.long().sum(1) - 1 + self.head_ids.numel()
+        picked = hidden.gather(1, answer.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))
+        return self._read(picked, return_logprobs)
+
+    def generate_after_prompts(
+        self,
+        pixel_values: torch.Tensor,
+        prompt_ids: Sequence[Sequence[int]],
+        pad_token_id: int,
+        **generate_kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample a continuation of ``[head][prompt_i]`` per row with the HF model's own ``generate``
+        (left-padded ids, its own positions and cache) -> ``(new tokens [N, T], raw logits [N, T, V])``."""
+        head = self.head_ids.tolist()
+        rows = [head + list(p) for p in prompt_ids]
+        longest = max(len(r) for r in rows)
+        device = pixel_values.device
+        ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, longest - len(row) :] = torch.tensor(row, device=device)
+            mask[i, longest - len(row) :] = 1
+        dtype = self.get_input_embeddings().weight.dtype
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            **self.hf_image_inputs(pixel_values.to(dtype)),
+            **self.mm_token_types(ids),
+            pad_token_id=pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        return out.sequences[:, longest:], torch.stack(out.logits, dim=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,9 +373,10 @@ DEFAULT_HEAD = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
 """The constant head: the chat turn's opening and one image placeholder, expanded to the image's tokens."""
 NATIVE_TEMPLATES = {
     **DEFAULT_TEMPLATES,
-    "student_prompt": 'An image was generated for the prompt: "{prompt}"\n',
+    "student_prompt": DEFAULT_TEMPLATES["student_prompt"].removeprefix("<|im_start|>user\n"),
+    "teacher_prompt": DEFAULT_TEMPLATES["teacher_prompt"].removeprefix("<|im_start|>user\n"),
 }
-"""The package's templates with the prompt part following the head (the head opens the user turn)."""
+"""The package's templates with the prompt parts following the head (the head opens the user turn)."""
 DEFAULT_IMAGE_SIZE = 448
 """The Qwen-VL families' default resolution; SmolVLM's is its vision tower's own size."""
 # image normalisation of the families' own processors when a folder has no preprocessor_config.json
