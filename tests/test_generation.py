@@ -129,3 +129,22 @@ def test_bad_generation_arguments(tiny):
         generate_reasoning(model, processor, img, ["a", "b"], "realism")
     with pytest.raises(ZRewardInputError):
         generate_reasoning(model, processor, img, ["a"], "realism", num_samples=0)
+
+
+def test_a_language_models_generation_config_does_not_change_sampling():
+    """A model composed from a published LM checkpoint carries its generation_config.json (repetition
+    penalty, top-k, ...); sampling ignores it, so the traces follow the distribution whose log-probs are
+    recorded."""
+    model, processor = build_preset("tiny", seed=0)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    prompts = ["a red cube", "two blue spheres"]
+    plain = generate_reasoning(
+        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=6, seed=5
+    )
+    config = model.language_model.generation_config
+    config.repetition_penalty, config.min_p = 50.0, 0.9  # min_p 0.9: all but near-greedy tokens cut
+    again = generate_reasoning(
+        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=6, seed=5
+    )
+    assert torch.equal(plain.reasoning_ids, again.reasoning_ids)
+    assert model.language_model.generation_config.repetition_penalty == 50.0  # the model's own is put back

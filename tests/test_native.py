@@ -449,3 +449,28 @@ def test_the_reasoning_scorer_reads_a_native_teacher(native_teacher):
     assert result.errors == {} and result.probs.shape == (2, 1, 5)
     torch.testing.assert_close(result.probs.sum(-1), torch.ones(2, 1))
     assert scorer.tokens_generated > 0 and scorer.images_scored == 2
+
+
+def test_the_checkpoints_generation_config_does_not_change_sampling(native_dir, tmp_path):
+    """A published checkpoint's generation_config.json (repetition penalty, top-k) would sample from
+    another distribution than the recorded log-probs; generation ignores it."""
+    import json
+    import shutil
+
+    from zreward_deploy.generation import generate_reasoning
+    from zreward_deploy.native import load_native
+
+    _, folder, _, _ = native_dir
+    shutil.copytree(folder, tmp_path / "with_config")
+    (tmp_path / "with_config" / "generation_config.json").write_text(
+        json.dumps({"repetition_penalty": 50.0, "top_k": 1, "do_sample": False, "max_new_tokens": 1})
+    )
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for path in (folder, tmp_path / "with_config"):
+        model, processor = load_native(path)
+        runs.append(generate_reasoning(model, processor, images, PROMPTS, "realism", num_samples=2,
+                                       max_new_tokens=6, seed=3))  # fmt: skip
+    assert torch.equal(runs[0].reasoning_ids, runs[1].reasoning_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, rtol=0, atol=1e-6)
+    assert runs[0].reasoning_ids.shape[1] > 1  # max_new_tokens of the file did not apply either

@@ -326,14 +326,15 @@ class ZRewardModel(ZRewardPreTrainedModel):
             text = embed(torch.tensor(ids, device=pixel_values.device))
             embeds[i, pad:] = torch.cat([image_embeds[i].to(text.dtype), text])
             mask[i, pad:] = 1
-        out = self.language_model.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            pad_token_id=pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **generate_kwargs,
-        )
+        with plain_generation_config(self.language_model):
+            out = self.language_model.generate(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                pad_token_id=pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **generate_kwargs,
+            )
         return out.sequences, torch.stack(out.logits, dim=1)  # new tokens only (inputs were embeddings)
 
     # -- one dimension per sequence (plain causal) -----------------------------------------------------
@@ -368,6 +369,27 @@ class ZRewardModel(ZRewardPreTrainedModel):
         answer = attention_mask.long().sum(1) - 1 + num_image  # >= num_image - 1 >= 0 by construction
         picked = hidden.gather(1, answer.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1]))
         return self._read_scores(picked, return_logprobs)
+
+
+@contextlib.contextmanager
+def plain_generation_config(model: nn.Module) -> Iterator[None]:
+    """Inside the block, ``model.generate`` samples with transformers' defaults and the call's arguments
+    only, not with the ``generation_config.json`` the checkpoint came with.
+
+    A published checkpoint's generation config (repetition penalty, top-k, min-p, ...) would sample from
+    another distribution than the one the recorded log-probs describe, which on-policy training (GRPO,
+    GDSO) relies on; and both transformers lines fill every setting a call leaves unset from
+    ``model.generation_config``. So that is swapped for a fresh ``GenerationConfig`` and put back after
+    (not thread-safe against another ``generate`` on the same model).
+    """
+    from transformers import GenerationConfig
+
+    checkpoint_defaults = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = checkpoint_defaults
 
 
 def reward_output(out: ScoreHeadOutput, batch: int, dims: int) -> ZRewardOutput:

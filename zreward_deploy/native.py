@@ -57,7 +57,7 @@ from zreward_deploy.config import (
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
-from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, reward_output
+from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, plain_generation_config, reward_output
 from zreward_deploy.processing import ZRewardProcessor
 
 TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
@@ -339,7 +339,10 @@ class NativeRewardModel(nn.Module):
         **generate_kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample a continuation of ``[head][prompt_i]`` per row with the HF model's own ``generate``
-        (left-padded ids, its own positions and cache) -> ``(new tokens [N, T], raw logits [N, T, V])``."""
+        (left-padded ids, its own positions and cache) -> ``(new tokens [N, T], raw logits [N, T, V])``.
+
+        The checkpoint's ``generation_config.json`` is not applied
+        (:func:`~zreward_deploy.modeling.plain_generation_config`)."""
         head = self.head_ids.tolist()
         rows = [head + list(p) for p in prompt_ids]
         longest = max(len(r) for r in rows)
@@ -350,16 +353,17 @@ class NativeRewardModel(nn.Module):
             ids[i, longest - len(row) :] = torch.tensor(row, device=device)
             mask[i, longest - len(row) :] = 1
         dtype = self.get_input_embeddings().weight.dtype
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            **self.hf_image_inputs(pixel_values.to(dtype)),
-            **self.mm_token_types(ids),
-            pad_token_id=pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **generate_kwargs,
-        )
+        with plain_generation_config(self.model):
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                **self.hf_image_inputs(pixel_values.to(dtype)),
+                **self.mm_token_types(ids),
+                pad_token_id=pad_token_id,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **generate_kwargs,
+            )
         return out.sequences[:, longest:], torch.stack(out.logits, dim=1)
 
 
