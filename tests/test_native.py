@@ -474,3 +474,25 @@ def test_the_checkpoints_generation_config_does_not_change_sampling(native_dir, 
     assert torch.equal(runs[0].reasoning_ids, runs[1].reasoning_ids)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, rtol=0, atol=1e-6)
     assert runs[0].reasoning_ids.shape[1] > 1  # max_new_tokens of the file did not apply either
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "onnx", "--out", "{tmp}/onnx"],
+        ["model", "info"],
+    ],
+)
+def test_commands_that_take_only_package_models_say_so_for_a_native_folder(
+    native_dir, tmp_path, capsys, argv
+):
+    """One line, naming the folder and the limitation, instead of a traceback or a silent misread."""
+    from zreward_deploy.cli import main
+
+    _, folder, _, _ = native_dir
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    args = [*args[:2], str(folder)] if args[:2] == ["model", "info"] else [*args, "--model", str(folder)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert str(folder) in err and "native VLM checkpoint" in err and "training and export" in err

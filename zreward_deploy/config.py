@@ -386,6 +386,9 @@ class ZRewardConfig(PretrainedConfig):
 
 TRAINING_METHODS = ("none", "compose", "sft", "grpo", "gdso", "risd", "opd")
 
+NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
+"""``model_type`` of the native HF VLM checkpoints that score as they are (``zreward_deploy.native``)."""
+
 
 def check_training_record(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Validate a model's training record (``config.training``) and return it as a plain dict.

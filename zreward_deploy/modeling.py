@@ -30,7 +30,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .config import ZRewardConfig, load_config
+from .config import NATIVE_FAMILIES, ZRewardConfig, load_config
 from .errors import InvalidModelError
 from .fileio import atomic_directory, is_regular_file, read_json_object
 from .kernels.score_head import ScoreHeadOutput, score_head
@@ -539,7 +539,15 @@ def check_model_dir(directory: Path, model_types: Sequence[str] = (ZRewardConfig
     model_type = config.get("model_type")
     if model_type not in model_types:
         wanted = " or ".join(repr(t) for t in model_types)
-        raise InvalidModelError(str(directory), f"config.json is for model_type {model_type!r}, not {wanted}")
+        native = (
+            " (a native VLM checkpoint: it scores as it is through Scorer.from_pretrained and zreward score; "
+            "training and export take only the package's own models so far, docs/model.md)"
+            if model_type in NATIVE_FAMILIES
+            else ""
+        )
+        raise InvalidModelError(
+            str(directory), f"config.json is for model_type {model_type!r}, not {wanted}{native}"
+        )
     weights = sorted(directory.glob("*.safetensors"))
     pickles = sorted(
         p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")

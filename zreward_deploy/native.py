@@ -48,6 +48,7 @@ from torch import nn
 
 from zreward_deploy.config import (
     DEFAULT_TEMPLATES,
+    NATIVE_FAMILIES,
     Dimension,
     Rubric,
     ScoreScale,
@@ -61,9 +62,6 @@ from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, plain_gene
 from zreward_deploy.processing import ZRewardProcessor
 
 TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
-
-NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
-"""``model_type`` of the HF checkpoints :class:`NativeRewardModel` takes."""
 
 
 def patchify(
