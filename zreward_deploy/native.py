@@ -2,33 +2,35 @@
 their own forward.
 
 Native-checkpoint support (docs/model.md, "Native VLM backbones"), first parts: the model, loading a
-checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained``), and tiny
-presets. A :class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration`` or
-``SmolVLMForConditionalGeneration`` and scores D rubric
-dimensions in one forward, with the same ``forward(pixel_values, input_ids, attention_mask, suffix_ids)
--> ZRewardOutput`` as :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward
-model can call it.
+checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained``), teacher
+generation with the model's own ``generate``, and tiny presets. A :class:`NativeRewardModel` wraps a
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+``Qwen3VLForConditionalGeneration`` or ``SmolVLMForConditionalGeneration`` and scores D rubric dimensions
+in one forward, with the same ``forward(pixel_values, input_ids, attention_mask, suffix_ids) ->
+ZRewardOutput`` as :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward model
+can call it.
 
 The one-pass layout, per item (``N`` image tokens at a fixed resolution, the prompt right-padded)::
 
     [head ... <|vision_start|> <|image_pad|> x N <|vision_end|>][prompt, padded][suffix_1] ... [suffix_D]
      \\________________________ constant (``head_ids``) ______/
 
+(SmolVLM: ``<fake_token_around_image><global-img><image> x N<fake_token_around_image>`` in the head.)
+
 * The whole sequence goes through the HF model's own top-level forward: its vision tower encodes
-  ``pixel_values`` (patchified here, in torch, from ``[B, 3, H, W]``) and its forward writes the image
-  features over the ``<|image_pad|>`` positions (and adds Qwen3-VL's deepstack features in the first
-  layers). Nothing of the HF model is re-implemented.
+  ``pixel_values`` (patchified here, in torch, from ``[B, 3, H, W]``; SmolVLM takes them as they are) and
+  its forward writes the image features over the image placeholders (and adds Qwen3-VL's deepstack
+  features in the first layers). Nothing of the HF model is re-implemented.
 * Attention: the package's 4-D multi-suffix mask (:func:`~zreward_deploy.modeling.multi_suffix_mask`), with
   the constant head as the always-visible prefix: every suffix sees the head, the valid prompt and
   itself, never padding or another suffix. FlashAttention-2 cannot take such a mask: sdpa or eager.
-* Positions (M-RoPE, ``[3, B, L]``): in closed form, what the model's ``get_rope_index`` gives for this
-  layout (text before the image counts up on all three axes; the image takes ``start + (0, row, col)``;
-  text after it starts at ``start + max(rows, cols)``); each suffix restarts at the last valid prompt
-  position + 1. They are always passed: with a 4-D mask and no positions, Qwen2.5-VL raises and newer
-  families silently use wrong ones.
+* Positions, always passed (with a 4-D mask and no positions, Qwen2.5-VL raises and newer families
+  silently use wrong ones). Qwen-VL: M-RoPE ``[3, B, L]`` in closed form, what the model's
+  ``get_rope_index`` gives for this layout (text before the image counts up on all three axes; the image
+  takes ``start + (0, row, col)``; text after it starts at ``start + max(rows, cols)``). SmolVLM: 1-D.
+  Each suffix restarts at the last valid prompt position + 1.
 * Read-out: the last hidden state at each suffix's last token, through the package's restricted score
-  head on the K score-token rows of ``lm_head`` (:class:`~zreward_deploy.modeling.ScoreHead`).
+  head (:func:`~zreward_deploy.kernels.score_head.score_head`) on the K score-token rows of ``lm_head``.
 
 Tests compare this with the HF model's plain forward on each ``[head][prompt][suffix_d]`` separately,
 reading the full-vocabulary logits (tests/test_native.py), on both transformers lines.
@@ -134,8 +136,8 @@ class NativeRewardModel(nn.Module):
     Args:
         model: the HF ``...ForConditionalGeneration`` (``config.model_type`` in :data:`NATIVE_FAMILIES`),
             with sdpa or eager attention.
-        head_ids: the constant head: the chat template up to the prompt, with exactly
-            ``num_image_tokens`` image-pad ids after one vision-start id.
+        head_ids: the constant head: the chat template up to the prompt, with one run of exactly
+            ``num_image_tokens`` image-placeholder ids (``config.image_token_id``).
         score_token_ids: the K single-token ids of the score values, in scale order.
         score_values: the K score values.
         image_size: ``(H, W)`` of ``pixel_values``; multiples of patch size x merge size.
