@@ -188,6 +188,20 @@ class TrainConfig:
     max_grad_norm: float = field(
         default=1.0, metadata=help_text("clip the global gradient norm to this (0 = no clipping)")
     )
+    freeze_vision: bool = field(
+        default=False,
+        metadata=help_text(
+            "keep the vision tower's weights as they are (no gradient, no optimizer state); the projector "
+            "and the language model train"
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=help_text(
+            "recompute activations in the backward pass instead of keeping them (less memory, more "
+            "compute); the gradients are the same"
+        ),
+    )
 
     # -- logging, evaluation, checkpoints --------------------------------------------------------------
     log_every: int = field(default=1, metadata=help_text("write a metrics.jsonl line every N steps"))

@@ -94,6 +94,19 @@ class EpochSampler:
 # --------------------------------------------------------------------------------------------------
 
 
+def apply_memory_options(model: ZRewardModel, cfg: TrainConfig) -> None:
+    """``freeze_vision``: the vision tower stops requiring gradients (so :func:`build_optimizer` leaves it
+    out); ``gradient_checkpointing``: non-reentrant activation checkpointing in the towers' layers."""
+    if cfg.freeze_vision:
+        model.vision_tower.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (no weight decay on biases and norms, as usual)."""
     decay, no_decay = [], []
@@ -209,6 +222,7 @@ class TrainLoop:
             logger.warning(images.describe_skipped())
         extra_models = dict(extra_models or {})
         sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
+        apply_memory_options(model, cfg)
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, total_updates=total_updates)
         step = 0
