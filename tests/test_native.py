@@ -496,3 +496,23 @@ def test_commands_that_take_only_package_models_say_so_for_a_native_folder(
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert str(folder) in err and "native VLM checkpoint" in err and "training and export" in err
+
+
+def test_the_realistic_qwen2_5_vl_3b_config_has_the_published_size():
+    """Built on the meta device (no memory, no download): Qwen2.5-VL-3B-Instruct's shapes give its published
+    3.75 B parameters, tied embeddings, and a one-pass model whose image-token grid follows its patch 14,
+    merge 2 at 448 px (256 tokens)."""
+    from transformers import AutoModelForImageTextToText
+
+    from zreward_deploy.native import realistic_config
+
+    config = realistic_config("qwen2.5-vl-3b")
+    with torch.device("meta"):
+        hf = AutoModelForImageTextToText.from_config(config)
+    assert abs(sum(p.numel() for p in hf.parameters()) / 1e9 - 3.75) < 0.01
+    assert hf.get_input_embeddings().weight is hf.get_output_embeddings().weight
+    head = [1, 2, 151652, *[151655] * 256, 151653, 3]
+    reward = NativeRewardModel(hf, head, [16, 17, 18, 19, 20], VALUES, (448, 448))
+    assert reward.num_image_tokens == 256 and reward.grid == (16, 16)
+    with pytest.raises(InvalidModelError, match="size"):
+        realistic_config("qwen2.5-vl-700b")

@@ -685,3 +685,58 @@ def build_native_preset(
     processor = ZRewardProcessor(tokenizer, config)
     config.score_token_ids = processor.score_token_ids
     return native_reward_model(hf, tokenizer, config), processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Realistic sizes (random weights; for GPU benchmarks)
+# --------------------------------------------------------------------------------------------------
+
+REALISTIC_SIZES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # Qwen2.5-VL-3B-Instruct's published shapes (3.75 B parameters, tied embeddings)
+    "qwen2.5-vl-3b": (
+        "qwen2_5_vl",
+        dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=128000,
+            rope_theta=1e6,
+            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        ),
+        dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            hidden_act="silu",
+        ),
+    ),
+}
+"""Named realistic shapes: ``name -> (family, text config fields, vision config fields)``."""
+
+
+def realistic_config(name: str) -> Any:
+    """The HF config of a realistic size (:data:`REALISTIC_SIZES`) with the Qwen-VL token ids of the
+    published checkpoints; build the model from it (e.g. on the meta device, or on a GPU in bf16) with
+    ``AutoModelForImageTextToText.from_config``. No weights are fetched: they are random."""
+    from transformers import AutoConfig
+
+    if name not in REALISTIC_SIZES:
+        raise InvalidModelError("size", f"{name!r} is not one of {sorted(REALISTIC_SIZES)}")
+    family, text, vision = REALISTIC_SIZES[name]
+    ids = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+               vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)  # fmt: skip
+    config = AutoConfig.for_model(family, text_config=text, vision_config=vision, **ids)
+    config.tie_word_embeddings = text.get("tie_word_embeddings", False)
+    return config
