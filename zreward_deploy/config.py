@@ -259,7 +259,34 @@ def format_score(v: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-class ZRewardConfig(PretrainedConfig):
+class ScoringFields:
+    """Views of the scoring fields a config holds as plain data (``score_scale``, ``rubric``,
+    ``training``): shared by :class:`ZRewardConfig` and the native models' ``NativeConfig``."""
+
+    score_scale: dict[str, Any]
+    rubric: list[dict[str, Any]]
+    training: dict[str, Any] | None
+
+    def trained_dimensions(self) -> list[str] | None:
+        """The rubric dimensions this model was trained to score (its training record), ``[]`` for a
+        model that was never trained (a preset or a composed model), ``None`` when the model carries no
+        record (saved before records existed: unknown)."""
+        if self.training is None:
+            return None
+        return [d for d in self.get_rubric().names if d in self.training["dimensions"]]
+
+    def get_score_scale(self) -> ScoreScale:
+        return ScoreScale(**self.score_scale)
+
+    def get_rubric(self) -> Rubric:
+        return Rubric(tuple(Dimension(**d) for d in self.rubric))
+
+    def scale_fields(self) -> dict[str, str]:
+        scale = self.get_score_scale()
+        return {"min": format_score(scale.min), "max": format_score(scale.max)}
+
+
+class ZRewardConfig(ScoringFields, PretrainedConfig):
     """Config of :class:`~zreward_deploy.modeling.ZRewardModel` (``model_type="zreward_vlm"``).
 
     Args:
@@ -353,21 +380,6 @@ class ZRewardConfig(PretrainedConfig):
             out["text_config"] = portable_rope_fields(out["text_config"])
         return out
 
-    def trained_dimensions(self) -> list[str] | None:
-        """The rubric dimensions this model was trained to score (its training record), ``[]`` for a
-        model that was never trained (a preset or a composed model), ``None`` when the model carries no
-        record (saved before records existed: unknown)."""
-        if self.training is None:
-            return None
-        return [d for d in self.get_rubric().names if d in self.training["dimensions"]]
-
-    # Convenience views of the plain-data fields --------------------------------------------------
-    def get_score_scale(self) -> ScoreScale:
-        return ScoreScale(**self.score_scale)
-
-    def get_rubric(self) -> Rubric:
-        return Rubric(tuple(Dimension(**d) for d in self.rubric))
-
     @property
     def image_size(self) -> int:
         return int(self.vision_config.image_size)
@@ -378,10 +390,6 @@ class ZRewardConfig(PretrainedConfig):
         # CLIP-style towers add a CLS token, which "patch" selection drops again
         has_cls = self.vision_config.model_type.startswith("clip")
         return n + int(has_cls and self.vision_feature_select == "full")
-
-    def scale_fields(self) -> dict[str, str]:
-        scale = self.get_score_scale()
-        return {"min": format_score(scale.min), "max": format_score(scale.max)}
 
 
 TRAINING_METHODS = ("none", "compose", "sft", "grpo", "gdso", "risd", "opd")

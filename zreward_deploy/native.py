@@ -51,11 +51,10 @@ from torch import nn
 from zreward_deploy.config import (
     DEFAULT_TEMPLATES,
     NATIVE_FAMILIES,
-    Dimension,
     Rubric,
     ScoreScale,
+    ScoringFields,
     check_training_record,
-    format_score,
 )
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import read_json_object
@@ -261,26 +260,40 @@ class NativeRewardModel(nn.Module):
                 "pixel_values",
                 f"images are {tuple(pixel_values.shape[-2:])}, the model reads {self.image_size}",
             )
-        batch, prompt_len = input_ids.shape
-        device = input_ids.device
         lengths = [int(s.numel()) for s in suffix_ids]
-        suffix = torch.cat([s.to(device) for s in suffix_ids])
+        hidden = self._last_hidden(pixel_values, input_ids, attention_mask, suffix_ids)
+        ends = torch.tensor(lengths, device=input_ids.device).cumsum(0)
+        ends = ends + (self.head_ids.numel() + input_ids.shape[1] - 1)
+        return self._read(hidden.index_select(1, ends), return_logprobs)  # [B, D, hidden] at the answers
+
+    def _last_hidden(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        suffix_ids: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Last hidden states of ``[head][text, right-padded][suffix_1]...[suffix_D]`` through the HF model's
+        forward, with the multi-suffix mask and positions (no suffixes: plain causal over the padded text)."""
+        batch = input_ids.shape[0]
+        device = input_ids.device
         head = self.head_ids.to(device)
-        ids = torch.cat([head.expand(batch, -1), input_ids, suffix.expand(batch, -1)], dim=1)
-        dtype = self.model.get_input_embeddings().weight.dtype
+        lengths = [int(s.numel()) for s in suffix_ids]
+        parts = [head.expand(batch, -1), input_ids]
+        if suffix_ids:
+            parts.append(torch.cat([s.to(device) for s in suffix_ids]).expand(batch, -1))
+        dtype = self.get_input_embeddings().weight.dtype
         mask, positions = multi_suffix_mask(attention_mask, head.numel(), lengths, dtype)
         if self.family != "smolvlm":  # M-RoPE; SmolVLM's Llama takes the 1-D positions as they are
             positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, lengths)
         out = self.model.model(
-            input_ids=ids,
+            input_ids=torch.cat(parts, dim=1),
             attention_mask=mask,
             position_ids=positions,
             use_cache=False,
             **self.hf_image_inputs(pixel_values.to(dtype)),
         )
-        hidden = out.last_hidden_state
-        ends = torch.tensor(lengths, device=device).cumsum(0) + (head.numel() + prompt_len - 1)
-        return self._read(hidden.index_select(1, ends), return_logprobs)  # [B, D, hidden] at the answers
+        return out.last_hidden_state
 
     def _read(self, hidden: torch.Tensor, return_logprobs: bool) -> ZRewardOutput:
         b, d, h = hidden.shape
@@ -300,21 +313,7 @@ class NativeRewardModel(nn.Module):
     ) -> torch.Tensor:
         """Last hidden states ``[B, H + S, hidden]`` of ``[head][text]`` (``text`` right-padded), plain causal:
         the teacher-forcing pass (the head's image tokens are the ``H`` leading positions)."""
-        batch = input_ids.shape[0]
-        head = self.head_ids.to(input_ids.device)
-        ids = torch.cat([head.expand(batch, -1), input_ids], dim=1)
-        dtype = self.get_input_embeddings().weight.dtype
-        mask, positions = multi_suffix_mask(attention_mask, head.numel(), [], dtype)
-        if self.family != "smolvlm":
-            positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, [])
-        out = self.model.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=False,
-            **self.hf_image_inputs(pixel_values.to(dtype)),
-        )
-        return out.last_hidden_state
+        return self._last_hidden(pixel_values, input_ids, attention_mask, [])
 
     def score_sequences(
         self,
@@ -402,7 +401,7 @@ _SETTINGS = ("image_size", "head", "score_scale", "rubric", "templates", "max_pr
              "score_temperature", "training")  # fmt: skip
 
 
-class NativeConfig:
+class NativeConfig(ScoringFields):
     """The scoring settings of a native model: what :class:`~zreward_deploy.processing.ZRewardProcessor`
     and the scorers read from a config (rubric, score scale, templates, image size and normalisation,
     training record), without the LLaVA-style model's sub-configs.
@@ -463,21 +462,6 @@ class NativeConfig:
         }  # fmt: skip
         return out
 
-    def get_score_scale(self) -> ScoreScale:
-        return ScoreScale(**self.score_scale)
-
-    def get_rubric(self) -> Rubric:
-        return Rubric(tuple(Dimension(**d) for d in self.rubric))
-
-    def trained_dimensions(self) -> list[str] | None:
-        if self.training is None:
-            return None
-        return [d for d in self.get_rubric().names if d in self.training["dimensions"]]
-
-    def scale_fields(self) -> dict[str, str]:
-        scale = self.get_score_scale()
-        return {"min": format_score(scale.min), "max": format_score(scale.max)}
-
 
 def head_token_ids(tokenizer: Any, head: str, image_token_id: int, num_image_tokens: int) -> list[int]:
     """The head's ids with its one image placeholder expanded to ``num_image_tokens`` copies."""
@@ -518,7 +502,8 @@ def load_native(
 
     directory = Path(directory)
     check_model_dir(directory, NATIVE_FAMILIES)
-    family = read_json_object(directory / "config.json", InvalidModelError)["model_type"]
+    hf_fields = read_json_object(directory / "config.json", InvalidModelError)
+    family = hf_fields["model_type"]
     settings: dict[str, Any] = {}
     if (directory / SETTINGS_FILE).exists():
         settings = read_json_object(directory / SETTINGS_FILE, InvalidModelError)
@@ -532,7 +517,7 @@ def load_native(
         pre = read_json_object(directory / "preprocessor_config.json", InvalidModelError)
         mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
     if family == "smolvlm" and "image_size" not in settings:  # the tower's own size
-        vision = read_json_object(directory / "config.json", InvalidModelError).get("vision_config") or {}
+        vision = hf_fields.get("vision_config") or {}
         settings = {**settings, "image_size": int(vision.get("image_size", 512))}
     try:
         config = NativeConfig(family, image_mean=mean, image_std=std, **settings)
