@@ -436,7 +436,9 @@ def portable_rope_fields(text_config: Mapping[str, Any]) -> dict[str, Any]:
         return out
     out.setdefault("rope_theta", rope["rope_theta"])
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-    out.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
+    # a plain default RoPE is no scaling to 4.57; M-RoPE's sections (Qwen-VL) are, whatever its type
+    plain = scaling.get("rope_type", "default") == "default" and set(scaling) <= {"rope_type", "type"}
+    out.setdefault("rope_scaling", None if plain else scaling)
     return out
 
 

@@ -139,6 +139,9 @@ def teacher_forward(
         pos = pos.clamp(max=hidden.shape[1] - 1)
         h = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         logits = model.get_output_embeddings()(h).float()
+        banned = list(getattr(model, "unsampleable_token_ids", ()))  # a native VLM's placeholders
+        if banned:
+            logits[..., banned] = float("-inf")
         token_logprobs = (
             torch.log_softmax(logits, -1).gather(-1, reasoning_ids.to(device).unsqueeze(-1)).squeeze(-1)
         )

@@ -540,8 +540,8 @@ def check_model_dir(directory: Path, model_types: Sequence[str] = (ZRewardConfig
     if model_type not in model_types:
         wanted = " or ".join(repr(t) for t in model_types)
         native = (
-            " (a native VLM checkpoint: it scores as it is through Scorer.from_pretrained and zreward score; "
-            "training and export take only the package's own models so far, docs/model.md)"
+            " (a native VLM checkpoint: Scorer.from_pretrained, zreward score, eval, train and export onnx "
+            "take it as it is; this reads only the package's own model folders, docs/model.md)"
             if model_type in NATIVE_FAMILIES
             else ""
         )

@@ -60,7 +60,7 @@ from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, plain_generation_config, reward_output
-from zreward_deploy.processing import ZRewardProcessor
+from zreward_deploy.processing import PROCESSOR_FILE, ZRewardProcessor
 
 TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
 
@@ -180,11 +180,9 @@ class NativeRewardModel(nn.Module):
         else:
             self.temporal_patch_size = int(vision.temporal_patch_size)
             self.merge_size = int(vision.spatial_merge_size)
-        unit = self.patch_size * self.merge_size
-        if h % unit or w % unit:
-            raise InvalidModelError("image_size", f"{h}x{w} is not a multiple of {unit} (patch x merge)")
         self.image_size = (h, w)
-        self.grid = (h // unit, w // unit)  # image tokens in the language model, rows x cols
+        # image tokens in the language model, rows x cols
+        self.grid = (token_grid_side(config, h), token_grid_side(config, w))
         self.num_image_tokens = self.grid[0] * self.grid[1]
         image_token_id = int(config.image_token_id)
         head = list(head_ids)
@@ -195,6 +193,13 @@ class NativeRewardModel(nn.Module):
                 f"needs one run of {self.num_image_tokens} image tokens (id {image_token_id}), got {len(pads)}",
             )
         self.image_at = pads[0]
+        # Placeholder tokens must never be sampled: a sampled image pad would make the HF forward expect
+        # one more image feature than the image has. Generation suppresses them and every policy log-prob
+        # (sampling's and teacher forcing's) is taken with them masked, so the two stay equal.
+        fields = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        self.unsampleable_token_ids = tuple(
+            sorted({int(getattr(config, f)) for f in fields if getattr(config, f, None) is not None})
+        )
         self.register_buffer("head_ids", torch.tensor(head, dtype=torch.long), persistent=False)
         self.register_buffer(
             "score_ids", torch.tensor(list(score_token_ids), dtype=torch.long), persistent=False
@@ -213,6 +218,39 @@ class NativeRewardModel(nn.Module):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The HF vision tower (Qwen-VL's ``visual`` with its merger; SmolVLM's ``vision_model``; the
+        connector is trained with the language model), what ``TrainConfig.freeze_vision`` freezes."""
+        inner = self.model.model
+        return inner.vision_model if self.family == "smolvlm" else inner.visual
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Activation checkpointing in the HF model's layers (vision and language)."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers 5's name
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def save_pretrained(
+        self, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
+        """Write the HF model (``config.json`` and safetensors, in the checkpoint's own weight names) to
+        ``directory``; ``state_dict`` is this wrapper's (``model.``-prefixed, e.g. gathered by the trainers)
+        and replaces the module's weights in the file. The scoring settings are the processor's to write
+        (:meth:`NativeConfig.save_settings`)."""
+        from .modeling import quiet_progress_bars
+
+        inner = None
+        if state_dict is not None:
+            inner = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+        with quiet_progress_bars():
+            self.model.save_pretrained(directory, state_dict=inner, safe_serialization=True)
+        portable_native_config(Path(directory, "config.json"))
 
     def mm_token_types(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """transformers 5's Qwen-VL forward computes M-RoPE from the token types (1 on image tokens)."""
@@ -338,7 +376,8 @@ class NativeRewardModel(nn.Module):
         **generate_kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample a continuation of ``[head][prompt_i]`` per row with the HF model's own ``generate``
-        (left-padded ids, its own positions and cache) -> ``(new tokens [N, T], raw logits [N, T, V])``.
+        (left-padded ids, its own positions and cache) -> ``(new tokens [N, T], raw logits [N, T, V])``;
+        the placeholder tokens (``unsampleable_token_ids``) are never sampled and have logit -inf.
 
         The checkpoint's ``generation_config.json`` is not applied
         (:func:`~zreward_deploy.modeling.plain_generation_config`)."""
@@ -361,9 +400,12 @@ class NativeRewardModel(nn.Module):
                 pad_token_id=pad_token_id,
                 output_logits=True,
                 return_dict_in_generate=True,
+                suppress_tokens=list(self.unsampleable_token_ids),
                 **generate_kwargs,
             )
-        return out.sequences[:, longest:], torch.stack(out.logits, dim=1)
+        logits = torch.stack(out.logits, dim=1)  # raw: before temperature, top-p and the suppression
+        logits[..., list(self.unsampleable_token_ids)] = float("-inf")
+        return out.sequences[:, longest:], logits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,6 +494,15 @@ class NativeConfig(ScoringFields):
         self.score_temperature = float(score_temperature)
         self.training = check_training_record(training)
 
+    def save_settings(self, directory: str | os.PathLike) -> None:
+        """Write ``zreward_native.json`` and the image normalisation (``preprocessor_config.json``) into a
+        native folder (what :meth:`ZRewardProcessor.save_pretrained` adds for a native model)."""
+        from .fileio import atomic_write_text
+
+        pre = {"image_mean": self.image_mean, "image_std": self.image_std}
+        atomic_write_text(Path(directory, "preprocessor_config.json"), json.dumps(pre, indent=2) + "\n")
+        atomic_write_text(Path(directory, SETTINGS_FILE), json.dumps(self.settings(), indent=2) + "\n")
+
     def settings(self) -> dict[str, Any]:
         """The ``zreward_native.json`` of these settings (templates only where they differ)."""
         templates = {k: v for k, v in self.templates.items() if NATIVE_TEMPLATES[k] != v}
@@ -485,25 +536,17 @@ def is_native_dir(directory: str | os.PathLike) -> bool:
         return False
 
 
-def load_native(
-    directory: str | os.PathLike, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
-) -> tuple[NativeRewardModel, ZRewardProcessor]:
-    """A native checkpoint folder -> ``(NativeRewardModel, processor)``, with no conversion step.
-
-    The folder holds the HF checkpoint as published (``config.json``, ``*.safetensors``, tokenizer files,
-    ``preprocessor_config.json``) and optionally ``zreward_native.json`` (:class:`NativeConfig`'s
-    settings: rubric, score scale, templates, head, image size, ...). Score tokens come from the
-    checkpoint's tokenizer and must be single tokens. Pickle-only weights are refused; every failure is an
-    :class:`InvalidModelError` naming the folder or the file.
-    """
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    from .modeling import check_model_dir, load_dtype, quiet_progress_bars
-
+def read_native_config(directory: str | os.PathLike) -> NativeConfig:
+    """The scoring settings of a native checkpoint folder (:class:`NativeConfig`: ``zreward_native.json``
+    over the defaults, the image normalisation of ``preprocessor_config.json``), without loading the model;
+    every failure an :class:`InvalidModelError` naming the file."""
     directory = Path(directory)
-    check_model_dir(directory, NATIVE_FAMILIES)
     hf_fields = read_json_object(directory / "config.json", InvalidModelError)
-    family = hf_fields["model_type"]
+    family = hf_fields.get("model_type")
+    if family not in NATIVE_FAMILIES:
+        raise InvalidModelError(
+            str(directory / "config.json"), f"model_type {family!r} is not one of {NATIVE_FAMILIES}"
+        )
     settings: dict[str, Any] = {}
     if (directory / SETTINGS_FILE).exists():
         settings = read_json_object(directory / SETTINGS_FILE, InvalidModelError)
@@ -525,6 +568,27 @@ def load_native(
         raise InvalidModelError(str(directory / SETTINGS_FILE), f"{exc.item}: {exc.reason}") from None
     except TypeError as exc:
         raise InvalidModelError(str(directory / SETTINGS_FILE), str(exc)) from None
+    return config
+
+
+def load_native(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
+) -> tuple[NativeRewardModel, ZRewardProcessor]:
+    """A native checkpoint folder -> ``(NativeRewardModel, processor)``, with no conversion step.
+
+    The folder holds the HF checkpoint as published (``config.json``, ``*.safetensors``, tokenizer files,
+    ``preprocessor_config.json``) and optionally ``zreward_native.json`` (:class:`NativeConfig`'s
+    settings: rubric, score scale, templates, head, image size, ...). Score tokens come from the
+    checkpoint's tokenizer and must be single tokens. Pickle-only weights are refused; every failure is an
+    :class:`InvalidModelError` naming the folder or the file.
+    """
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from .modeling import check_model_dir, load_dtype, quiet_progress_bars
+
+    directory = Path(directory)
+    check_model_dir(directory, NATIVE_FAMILIES)
+    config = read_native_config(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:
@@ -541,7 +605,20 @@ def load_native(
         raise InvalidModelError(
             str(directory), f"cannot load the model ({type(exc).__name__}: {exc})"
         ) from None
-    processor = ZRewardProcessor(tokenizer, config)  # checks the score tokens are single tokens
+    extra: dict[str, Any] = {}
+    if (directory / PROCESSOR_FILE).exists():  # written by ZRewardProcessor.save_pretrained
+        extra = read_json_object(directory / PROCESSOR_FILE, InvalidModelError)
+        if set(extra) - {"max_image_pixels"}:
+            raise InvalidModelError(
+                str(directory / PROCESSOR_FILE),
+                f"unknown settings {sorted(set(extra) - {'max_image_pixels'})}",
+            )
+    try:
+        processor = ZRewardProcessor(tokenizer, config, **extra)  # checks the score tokens are single tokens
+    except InvalidModelError as exc:
+        if exc.item not in extra:
+            raise
+        raise InvalidModelError(str(directory / PROCESSOR_FILE), exc.reason) from None
     config.score_token_ids = processor.score_token_ids
     try:
         model = native_reward_model(hf.eval(), tokenizer, config)
@@ -550,23 +627,65 @@ def load_native(
     return model, processor
 
 
-def image_token_unit(hf_config: Any) -> int:
-    """Pixels per side of one language-model image token: patch size x merge (Qwen-VL) or x the pixel
-    shuffle's scale factor (SmolVLM)."""
+def portable_native_config(path: Path) -> None:
+    """Rewrite a ``config.json`` that transformers 5 wrote so that 4.57 reads it too: 5 states RoPE as one
+    ``rope_parameters`` dict, which 4.57's Qwen-VL configs do not read (they fail on the missing
+    ``rope_scaling``, or fall back to another base); the 4.57 fields are added beside it
+    (:func:`~zreward_deploy.config.portable_rope_fields`), in the text config and at the top level."""
+    from .config import portable_rope_fields
+    from .fileio import atomic_write_text
+
+    fields = read_json_object(path, InvalidModelError)
+    before = json.dumps(fields, sort_keys=True)
+    fields = portable_rope_fields(fields)
+    if isinstance(fields.get("text_config"), dict):
+        fields["text_config"] = portable_rope_fields(fields["text_config"])
+    if json.dumps(fields, sort_keys=True) != before:
+        atomic_write_text(path, json.dumps(fields, indent=2, sort_keys=True) + "\n")
+
+
+def native_weights_from_folder(
+    model: NativeRewardModel, directory: str | os.PathLike
+) -> dict[str, torch.Tensor]:
+    """The weights of a folder that :meth:`NativeRewardModel.save_pretrained` wrote, named as ``model``'s
+    state dict (``model.``-prefixed): read through the HF class's own ``from_pretrained``, which maps the
+    checkpoint's weight names onto the modules' on either transformers line."""
+    from .modeling import quiet_progress_bars
+
+    dtype = model.get_input_embeddings().weight.dtype
+    with quiet_progress_bars():
+        hf = type(model.model).from_pretrained(
+            str(directory), local_files_only=True, use_safetensors=True, dtype=dtype,
+            attn_implementation=model.config._attn_implementation,
+        )  # fmt: skip
+    return {f"model.{k}": v for k, v in hf.state_dict().items()}
+
+
+def token_grid_side(hf_config: Any, side: int) -> int:
+    """Language-model image tokens along an image side of ``side`` pixels. Qwen-VL: ``side`` must be a
+    multiple of patch size x merge size. SmolVLM: its patch convolution drops the pixels past the last
+    whole patch (SmolVLM-Instruct reads 384 px in 27 patches of 14), and the pixel shuffle's scale factor
+    must divide the patch count."""
     vision = hf_config.vision_config
-    merge = hf_config.scale_factor if hf_config.model_type == "smolvlm" else vision.spatial_merge_size
-    return int(vision.patch_size) * int(merge)
+    patch = int(vision.patch_size)
+    if hf_config.model_type == "smolvlm":
+        scale = int(hf_config.scale_factor)
+        if (side // patch) % scale:
+            raise InvalidModelError(
+                "image_size", f"{side} px is {side // patch} patches of {patch}, not a multiple of the pixel "
+                f"shuffle's {scale}",
+            )  # fmt: skip
+        return side // patch // scale
+    unit = patch * int(vision.spatial_merge_size)
+    if side % unit:
+        raise InvalidModelError("image_size", f"{side} is not a multiple of {unit} (patch x merge)")
+    return side // unit
 
 
 def native_reward_model(hf: nn.Module, tokenizer: Any, config: NativeConfig) -> NativeRewardModel:
     """The :class:`NativeRewardModel` of an HF model with these settings (the head expanded to the image's
     tokens at ``config.image_size``)."""
-    unit = image_token_unit(hf.config)
-    if config.image_size % unit:
-        raise InvalidModelError(
-            "image_size", f"{config.image_size} is not a multiple of {unit} (patch x merge)"
-        )
-    n = (config.image_size // unit) ** 2
+    n = token_grid_side(hf.config, config.image_size) ** 2
     head = head_token_ids(tokenizer, config.head, int(hf.config.image_token_id), n)
     return NativeRewardModel(
         hf, head, config.score_token_ids, config.get_score_scale().values, (config.image_size, config.image_size),
@@ -576,18 +695,10 @@ def native_reward_model(hf: nn.Module, tokenizer: Any, config: NativeConfig) -> 
 
 def save_native(model: NativeRewardModel, processor: ZRewardProcessor, directory: str | os.PathLike) -> None:
     """Write a native checkpoint folder that :func:`load_native` reads: the HF model (safetensors), the
-    tokenizer, and ``zreward_native.json``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    from .modeling import quiet_progress_bars
-
-    with quiet_progress_bars():
-        model.model.save_pretrained(directory, safe_serialization=True)
-    processor.tokenizer.save_pretrained(directory)
-    config = processor.config
-    pre = {"image_mean": config.image_mean, "image_std": config.image_std}
-    (directory / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
-    (directory / SETTINGS_FILE).write_text(json.dumps(config.settings(), indent=2) + "\n")
+    tokenizer, ``preprocessor_config.json`` and ``zreward_native.json``."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -633,6 +744,8 @@ def build_native_preset(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
         tie_word_embeddings=False, **common_ids,
+        # stated, not left to the defaults: transformers 5 changed Qwen3-VL's (5e6 -> 5e5)
+        rope_theta=1e6 if family != "smolvlm" else 1e5,
     )  # fmt: skip
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
     extra: dict[str, Any] = {}
@@ -675,53 +788,132 @@ def build_native_preset(
 # --------------------------------------------------------------------------------------------------
 # Realistic sizes (random weights; for GPU benchmarks)
 # --------------------------------------------------------------------------------------------------
+# Each entry is a published checkpoint's config.json, reduced to the fields that fix the shapes and the
+# special-token ids; the sources are cited per entry. Where a published config.json leaves a field out,
+# the checkpoint relies on the transformers class default, which is written out here (so a default that
+# changes in a later transformers cannot change the size silently). tests/test_native_sizes.py checks each
+# against the published parameter count on both transformers lines.
 
-REALISTIC_SIZES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+_QWEN_VL_TOKENS = dict(
+    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+    bos_token_id=151643, eos_token_id=151645,
+)  # fmt: skip
+"""The Qwen-VL special-token ids, the same in every published Qwen2-VL, Qwen2.5-VL and Qwen3-VL config.json."""
+
+# fmt: off
+REALISTIC_SIZES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    # Qwen/Qwen2-VL-2B-Instruct: config.json as republished by Qwen itself with the same weights in
+    # https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct-AWQ/blob/refs%2Fpr%2F1/config.json ("_name_or_path":
+    # "Qwen/Qwen2-VL-2B-Instruct...") and verbatim in onnx-community/Qwen2-VL-2B-Instruct. Its vision_config
+    # holds only hidden_size 1536 (the merger's output, = the LM width), in_chans and patch size 14; depth 32,
+    # embed_dim 1280, mlp_ratio 4, 16 heads, merge 2 and temporal patch 2 are Qwen2VLVisionConfig's defaults.
+    # 2,208,985,600 parameters, tied embeddings (Qwen2-VL-2B's model.safetensors.index.json: total_size
+    # 4,417,971,200 bytes in bf16).
+    "qwen2-vl-2b": (
+        "qwen2_vl",
+        dict(
+            vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+            num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6,
+            max_position_embeddings=32768, rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        ),
+        dict(
+            depth=32, embed_dim=1280, hidden_size=1536, mlp_ratio=4, num_heads=16, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        _QWEN_VL_TOKENS,
+    ),
     # Qwen2.5-VL-3B-Instruct's published shapes (3.75 B parameters, tied embeddings)
     "qwen2.5-vl-3b": (
         "qwen2_5_vl",
         dict(
-            vocab_size=151936,
-            hidden_size=2048,
-            intermediate_size=11008,
-            num_hidden_layers=36,
-            num_attention_heads=16,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-            rms_norm_eps=1e-6,
-            max_position_embeddings=128000,
-            rope_theta=1e6,
-            rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+            vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6,
+            max_position_embeddings=128000, rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
         ),
         dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            out_hidden_size=2048,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31],
+            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
             hidden_act="silu",
         ),
+        _QWEN_VL_TOKENS,
+    ),
+    # Qwen/Qwen3-VL-2B-Instruct, the smallest published Qwen3-VL: its config.json (text_config /
+    # vision_config as vendored in third-party Qwen3-VL config tests; the 4B's, same layout, at
+    # https://huggingface.co/TechCarbasa/MyModels/commit/400bbbf998ac875feb9b2182d409b81aa3601ac8).
+    # 2,127,532,032 parameters, tied embeddings: the single model.safetensors of
+    # https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct/tree/main is listed at 4.26 GB (bf16).
+    "qwen3-vl-2b": (
+        "qwen3_vl",
+        dict(
+            vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+            num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+            rms_norm_eps=1e-6, max_position_embeddings=262144, rope_theta=5e6,
+            rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        ),
+        dict(
+            depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2048, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+            deepstack_visual_indexes=[5, 11, 17], hidden_act="gelu_pytorch_tanh",
+        ),
+        _QWEN_VL_TOKENS,
+    ),
+    # HuggingFaceTB/SmolVLM-256M-Instruct (published as model_type idefics3; the package's SmolVLM family,
+    # transformers' SmolVLM classes, has the same modules and parameter count). config.json as copied in
+    # https://huggingface.co/Mattimax/DATA-AI_Smol256M-Instruct/blob/main/config.json ("_name_or_path":
+    # "HuggingFaceTB/SmolVLM-256M-Instruct"): SmolLM2-135M-shaped text model, SigLIP base-patch16-512 tower,
+    # pixel shuffle 4 (64 image tokens), untied embeddings; <image> is id 49190, <end_of_utterance> 49279
+    # (generation_config.json). 256,484,928 parameters: model.safetensors 513 MB in bf16 (256M params per the
+    # Hub's safetensors metadata).
+    "smolvlm-256m": (
+        "smolvlm",
+        dict(
+            model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+            rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1,
+            eos_token_id=49279, pad_token_id=2,
+        ),
+        dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=512,
+            patch_size=16,
+        ),
+        dict(image_token_id=49190, scale_factor=4, pad_token_id=2),
+    ),
+    # HuggingFaceTB/SmolVLM-Instruct (SmolVLM 2.2B; model_type idefics3 as published): config.json as
+    # copied in https://huggingface.co/Pinatpong/SmolVLM-Instruct/blob/main/config.json and
+    # chflame163/ComfyUI_LayerStyle (models/smol/SmolVLM-Instruct/config.json): SmolLM2-1.7B-shaped text model
+    # (32 heads, no GQA), SigLIP so400m-patch14-384 tower (27 x 27 patches: the patch conv drops the last
+    # 6 px), pixel shuffle 3 (81 image tokens), untied embeddings, <image> id 49153.
+    # 2,246,272,880 parameters (2.25B per the Hub's safetensors metadata).
+    "smolvlm-2.2b": (
+        "smolvlm",
+        dict(
+            model_type="llama", vocab_size=49155, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+            num_attention_heads=32, num_key_value_heads=32, head_dim=64, max_position_embeddings=16384,
+            rope_theta=273768.0, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+            pad_token_id=2,
+        ),
+        dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384,
+            patch_size=14,
+        ),
+        dict(image_token_id=49153, scale_factor=3, pad_token_id=2),
     ),
 }
-"""Named realistic shapes: ``name -> (family, text config fields, vision config fields)``."""
+# fmt: on
+"""Named realistic shapes: ``name -> (family, text config fields, vision config fields, top-level fields)``; the
+top-level fields hold the checkpoint's special-token ids (and SmolVLM's pixel-shuffle ``scale_factor``)."""
 
 
 def realistic_config(name: str) -> Any:
-    """The HF config of a realistic size (:data:`REALISTIC_SIZES`) with the Qwen-VL token ids of the
-    published checkpoints; build the model from it (e.g. on the meta device, or on a GPU in bf16) with
+    """The HF config of a realistic size (:data:`REALISTIC_SIZES`), with the published checkpoint's
+    special-token ids; build the model from it (e.g. on the meta device, or on a GPU in bf16) with
     ``AutoModelForImageTextToText.from_config``. No weights are fetched: they are random."""
     from transformers import AutoConfig
 
     if name not in REALISTIC_SIZES:
         raise InvalidModelError("size", f"{name!r} is not one of {sorted(REALISTIC_SIZES)}")
-    family, text, vision = REALISTIC_SIZES[name]
-    ids = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-               vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)  # fmt: skip
-    config = AutoConfig.for_model(family, text_config=text, vision_config=vision, **ids)
-    config.tie_word_embeddings = text.get("tie_word_embeddings", False)
+    family, text, vision, top = REALISTIC_SIZES[name]
+    config = AutoConfig.for_model(family, text_config=dict(text), vision_config=dict(vision), **top)
+    # the top-level flag decides the tying on both transformers lines; the text config's is the published one
+    config.tie_word_embeddings = bool(text.get("tie_word_embeddings", False))
     return config

@@ -409,6 +409,10 @@ class ZRewardProcessor:
         Path(directory, PROCESSOR_FILE).write_text(
             json.dumps({"max_image_pixels": self.max_image_pixels}, indent=2) + "\n"
         )
+        # a native model's scoring settings live beside the HF checkpoint, not in its config.json
+        save_settings = getattr(self.config, "save_settings", None)
+        if save_settings is not None:
+            save_settings(directory)
 
     @classmethod
     def from_pretrained(

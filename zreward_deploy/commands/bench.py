@@ -1,4 +1,4 @@
-"""``zreward bench parity|latency``: exported runtimes against torch (accuracy parity, latency).
+"""``zreward bench parity|latency|native|resolution``: exported runtimes against torch (accuracy parity, latency).
 
 The options are the fields of the benchmarks' config dataclasses (``ParityBenchConfig``,
 ``LatencyBenchConfig``), turned into flags by :mod:`zreward_deploy.cliargs` as for every command, so the
@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from zreward_deploy.bench.bench_latency import LatencyBenchConfig
     from zreward_deploy.bench.bench_native import NativeBenchConfig
     from zreward_deploy.bench.bench_parity import ParityBenchConfig
+    from zreward_deploy.bench.bench_resolution import ResolutionBenchConfig
 
     group = subparsers.add_parser("bench", help="benchmark the exported runtimes against torch")
     sub = group.add_subparsers(dest="bench_command", metavar="<command>", required=True)
@@ -43,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(native, NativeBenchConfig, space_separated=True)
     native.set_defaults(func=run_native)
 
+    resolution = sub.add_parser(
+        "resolution",
+        help="a native Qwen-VL model: score shift of the fixed export resolution vs the model's dynamic one",
+    )
+    add_dataclass_arguments(resolution, ResolutionBenchConfig, space_separated=True)
+    resolution.set_defaults(func=run_resolution)
+
 
 def run_parity(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_parity import ParityBenchConfig, report
@@ -66,4 +74,11 @@ def run_native(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_native import NativeBenchConfig, report
 
     report(dataclass_from_namespace(NativeBenchConfig, args))
+    return 0
+
+
+def run_resolution(args: argparse.Namespace) -> int:
+    from zreward_deploy.bench.bench_resolution import ResolutionBenchConfig, report
+
+    report(dataclass_from_namespace(ResolutionBenchConfig, args))
     return 0

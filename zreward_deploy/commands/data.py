@@ -108,9 +108,14 @@ def run_check(args: argparse.Namespace) -> int:
     if args.model:
         from ..config import ZRewardConfig
         from ..errors import InvalidModelError
+        from ..native import is_native_dir, read_native_config
 
-        try:
-            config = ZRewardConfig.from_pretrained(args.model)
+        try:  # a native checkpoint's rubric and scale are in its zreward_native.json
+            config = (
+                read_native_config(args.model)
+                if is_native_dir(args.model)
+                else ZRewardConfig.from_pretrained(args.model)
+            )
         except OSError as exc:
             raise InvalidModelError(args.model, f"cannot read the model config ({exc})") from None
         scale, rubric = config.get_score_scale(), config.get_rubric()
