@@ -10,11 +10,14 @@ Same model (a small Qwen2.5-VL-shaped model built from config, random weights), 
               knows that argument writes; it separates the one-pass layout's gain from the head's.
   one_pass    ``NativeRewardModel``: ``[head][prompt][suffix_1..suffix_D]`` in one forward with the 4-D
               mask and closed-form M-RoPE positions, the score head on the K ``lm_head`` rows only.
+  one_pass_ort  the same model exported to ONNX (``export_onnx``: static vision tower, same graph
+              contract, fp32, validated) and run in ONNX Runtime's CPU provider with all graph
+              optimizations; the export is made at the start of the run (not timed).
 
 All take the same ``pixel_values`` (already preprocessed: the image processor is not timed on any side)
 and the same token ids. The providers alternate run by run. ``max_abs_dprobs`` is a generic row's largest
-difference of the probabilities from ``one_pass`` (``one_pass``'s own row: the larger of the two);
-``speedup_vs_*`` are ratios of medians.
+difference of the probabilities from ``one_pass`` (``one_pass``'s own row: the larger of the two HF
+rows'); ``speedup_vs_*`` are ratios of medians.
 
 Run:  zreward bench native --out runs/bench_native   (or python -m zreward_deploy.bench.bench_native)
 """
@@ -97,6 +100,7 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
     reward, processor = build_native_preset(
         "qwen2_5_vl", seed=0, image_size=size["image_size"], text=size["text"], vision=size["vision"]
     )
+    ort_scorer = _ort_scorer(reward, processor, Path(config.out) / "onnx", config.threads)
     hf = reward.model
     dims = processor.config.get_rubric().names
     suffixes = processor.suffix_ids(dims)
@@ -133,15 +137,21 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
         def one_pass(pixel_values=pixel_values, ids=ids, mask=mask):
             return reward(pixel_values, ids, mask, suffixes).probs
 
+        def one_pass_ort(pixel_values=pixel_values, ids=ids, mask=mask):
+            return ort_scorer.run(ids, mask, pixel_values)["probs"]  # all dims, in rubric order
+
         progress(
-            f"native: batch {batch}: timing hf_generic, hf_generic_last and one_pass ({config.repeats} runs each) ..."
+            f"native: batch {batch}: timing hf_generic, hf_generic_last, one_pass and one_pass_ort "
+            f"({config.repeats} runs each) ..."
         )
         with torch.inference_mode():
             ours = one_pass()
             parity = {"hf_generic": float((hf_generic() - ours).abs().max()),
                       "hf_generic_last": float((hf_generic_last() - ours).abs().max())}  # fmt: skip
             parity["one_pass"] = max(parity.values())
-            providers = {"hf_generic": hf_generic, "hf_generic_last": hf_generic_last, "one_pass": one_pass}
+            parity["one_pass_ort"] = float((one_pass_ort() - ours).abs().max())
+            providers = {"hf_generic": hf_generic, "hf_generic_last": hf_generic_last, "one_pass": one_pass,
+                         "one_pass_ort": one_pass_ort}  # fmt: skip
             times = time_interleaved(providers, config.warmup, config.repeats)
         separate = sum(len(head) + len(prompt) + len(s) for s in suffixes)  # one sequence per dimension
         tokens = {
@@ -149,6 +159,7 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
             "hf_generic_last": separate,
             "one_pass": len(head) + len(prompt) + sum(len(s) for s in suffixes),
         }
+        tokens["one_pass_ort"] = tokens["one_pass"]
         medians = {name: summarize(samples)["median_ms"] for name, samples in times.items()}
         for name, samples in times.items():
             stats = summarize(samples)
@@ -159,17 +170,32 @@ def _run(config: NativeBenchConfig) -> list[dict[str, Any]]:
                     "batch": batch, "dimensions": len(dims), "lm_tokens_per_item": tokens[name],
                     "max_abs_dprobs": parity[name], **stats, "images_per_s": batch / stats["median_ms"] * 1e3,
                     "speedup_vs_hf_generic": medians["hf_generic"] / stats["median_ms"],
-                    "speedup_vs_hf_generic_last": medians["hf_generic_last"] / stats["median_ms"], "dtype": "float32",
+                    "speedup_vs_hf_generic_last": medians["hf_generic_last"] / stats["median_ms"],
+                    "speedup_vs_one_pass": medians["one_pass"] / stats["median_ms"], "dtype": "float32",
                     "device": "cpu", "env": env,
                 }
             )  # fmt: skip
         progress(f"native: batch {batch}: one pass {medians['hf_generic'] / medians['one_pass']:.2f}x faster, "
-                 f"max |Δprobs| {parity['one_pass']:.1e}")  # fmt: skip
+                 f"max |Δprobs| {parity['one_pass']:.1e}; ONNX Runtime {medians['one_pass'] / medians['one_pass_ort']:.2f}x "
+                 f"the torch one pass, max |Δprobs| {parity['one_pass_ort']:.1e}")  # fmt: skip
     return rows
 
 
+def _ort_scorer(reward: Any, processor: Any, out: Path, threads: int) -> Any:
+    """Export ``reward`` (fp32, validated) into ``out`` and load it in ONNX Runtime (CPU provider,
+    ``threads`` intra-op threads; 0 = ORT's default)."""
+    from zreward_deploy.bench.common import progress
+    from zreward_deploy.export.onnx import OnnxExportConfig, export_onnx
+    from zreward_deploy.export.ort import OrtScorer, OrtSessionConfig
+
+    progress(f"native: exporting the model to ONNX ({out}) ...")
+    export_onnx(reward, out, OnnxExportConfig(overwrite=True), processor=processor)
+    return OrtScorer.from_pretrained(out, session_config=OrtSessionConfig(intra_op_num_threads=threads))
+
+
 COLUMNS = ("provider", "batch", "dimensions", "lm_tokens_per_item", "median_ms", "p95_ms", "images_per_s",
-           "speedup_vs_hf_generic", "speedup_vs_hf_generic_last", "max_abs_dprobs")  # fmt: skip
+           "speedup_vs_hf_generic", "speedup_vs_hf_generic_last", "speedup_vs_one_pass",
+           "max_abs_dprobs")  # fmt: skip
 
 
 def report(config: NativeBenchConfig) -> list[dict[str, Any]]:

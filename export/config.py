@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from zreward_deploy.errors import ZRewardInputError
 
-from .contract import DTYPES, EXPORTERS, OPSET, OPSET_RANGE
+from .contract import DTYPES, EXPORTERS, EXTERNAL_DATA_MODES, OPSET, OPSET_RANGE
 
 
 @dataclass
@@ -54,9 +54,22 @@ class OnnxExportConfig:
         },
     )
 
+    external_data: str = field(
+        default="auto",
+        metadata={
+            "help": "store the weights in one model.onnx.data file beside model.onnx: auto (only when the "
+            "graph would pass protobuf's 2 GB limit), always, or never (a larger model is refused)",
+            "choices": EXTERNAL_DATA_MODES,
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ZRewardInputError("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        if self.external_data not in EXTERNAL_DATA_MODES:
+            raise ZRewardInputError(
+                "external_data", f"must be one of {EXTERNAL_DATA_MODES}, got {self.external_data!r}"
+            )
         if self.exporter not in ("auto", *EXPORTERS):
             raise ZRewardInputError(
                 "exporter", f"must be one of {('auto', *EXPORTERS)}, got {self.exporter!r}"

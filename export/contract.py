@@ -30,6 +30,12 @@ from zreward_deploy.fileio import is_within, open_regular_file, read_json_object
 METADATA_FILE = "zreward_onnx.json"
 """The self-description of an export folder (rubric, scale, dtype, versions, validation results)."""
 ONNX_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+"""The graph's weights when they are stored outside ``model.onnx`` (ONNX external data, one file beside it;
+graphs over 2 GB cannot be one protobuf)."""
+EXTERNAL_DATA_MODES = ("auto", "always", "never")
+PROTOBUF_LIMIT = 2**31 - 1
+"""The largest protobuf message, in bytes: a graph with its weights inline must stay below it."""
 FORMAT = "zreward-onnx"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values")
@@ -232,6 +238,19 @@ def _check_metadata_fields(meta: dict[str, Any], path: Path) -> None:
         isinstance(validation, dict) and isinstance(validation.get("passed"), bool)
     ):
         raise InvalidModelError(where, "validation must be null or an object with a boolean 'passed'")
+    external = meta.get("external_data")  # absent in exports made before external data
+    if external is not None and not (
+        isinstance(external, dict)
+        and isinstance(external.get("file"), str)
+        and isinstance(external.get("sha256"), str)
+        and _SHA256.fullmatch(external["sha256"])
+        and isinstance(external.get("bytes"), int)
+        and not isinstance(external.get("bytes"), bool)
+        and external["bytes"] >= 0
+    ):
+        raise InvalidModelError(
+            where, "external_data must be null or an object with 'file', 'sha256' (64 hex digits) and 'bytes'"
+        )
     files = meta.get("files", {})
     if not isinstance(files, dict) or not all(
         isinstance(v, str) and _SHA256.fullmatch(v) for v in files.values()
@@ -243,11 +262,18 @@ def _check_config(directory: Path, meta: dict[str, Any]) -> None:
     """The folder's ``config.json`` (what the processor and the scorer's rubric come from) must describe
     the same dimensions, in the same order, and the same score scale, image size and prompt limit."""
     from zreward_deploy.config import load_config
+    from zreward_deploy.native import is_native_dir
 
     path = directory / "config.json"
     if not path.is_file():
         raise InvalidModelError(str(path), "is missing; an export folder holds its model config")
-    config = load_config(directory)  # any damage: InvalidModelError naming config.json
+    if is_native_dir(directory):  # a native model's scoring settings live in zreward_native.json
+        from zreward_deploy.native import read_native_config
+
+        path = directory / "zreward_native.json"
+        config = read_native_config(directory)
+    else:
+        config = load_config(directory)  # any damage: InvalidModelError naming config.json
     names = config.get_rubric().names
     values = [float(v) for v in config.get_score_scale().values]
     image_size, max_prompt = config.image_size, config.max_prompt_tokens
@@ -296,7 +322,18 @@ def verify_export_graph(
 ) -> tuple[dict[str, Any], FileIdentity]:
     """:func:`verify_export`, and the identity of the graph file whose bytes were hashed: a runtime that
     opens the graph by path afterwards passes it to :func:`check_unchanged`, so the graph it loaded is
-    the one that was checked even if the folder is replaced meanwhile."""
+    the one that was checked even if the folder is replaced meanwhile. (With external data, use
+    :func:`verify_export_files`, which also gives the data file's identity.)"""
+    meta, identities = verify_export_files(export_dir, allow_failed_validation)
+    return meta, identities[meta["onnx_file"]]
+
+
+def verify_export_files(
+    export_dir: str | os.PathLike, allow_failed_validation: bool = False
+) -> tuple[dict[str, Any], dict[str, FileIdentity]]:
+    """:func:`verify_export`, and the identities of the files a runtime reads by path (the graph, and its
+    external data file when it has one), keyed by their names in the metadata: pass each to
+    :func:`check_unchanged` after the runtime has read them."""
     directory = Path(export_dir)
     path = directory / METADATA_FILE
     if not directory.is_dir():
@@ -320,6 +357,10 @@ def verify_export_graph(
             f"SHA-256 {actual[:16]}… is not the {meta['onnx_sha256'][:16]}… recorded in {path}: the graph is "
             "not the one this metadata describes (a stale, swapped or half-written export); export again",
         )
+    identities = {meta["onnx_file"]: hashed}
+    external = meta.get("external_data")
+    if external is not None:
+        identities[external["file"]] = _verify_external_data(directory, external, path)
     for name, digest in meta.get("files", {}).items():
         file = export_file(directory, name, path, "files")
         if not file.exists():
@@ -353,7 +394,41 @@ def verify_export_graph(
             UnvalidatedExportWarning,
             stacklevel=3,
         )
-    return meta, hashed
+    return meta, identities
+
+
+def graph_digest(meta: dict[str, Any]) -> str:
+    """One SHA-256 naming the graph a runtime builds from: ``onnx_sha256``, or with external data the
+    SHA-256 of both files' digests (an engine cache key must change when either changes)."""
+    external = meta.get("external_data")
+    if external is None:
+        return meta["onnx_sha256"]
+    return hashlib.sha256(f"{meta['onnx_sha256']}:{external['sha256']}".encode()).hexdigest()
+
+
+def _verify_external_data(directory: Path, external: dict[str, Any], named_by: Path) -> FileIdentity:
+    """The graph's external data file must exist, have the recorded size (a truncated copy is named as
+    such) and the recorded SHA-256; returns the identity of the file that was hashed."""
+    data = export_file(directory, external["file"], named_by, "external_data.file")
+    if not data.exists():
+        raise InvalidModelError(
+            str(data), f"is the graph's external data file named by {METADATA_FILE} but it is missing"
+        )
+    size = data.stat().st_size if data.is_file() else -1
+    if size != external["bytes"]:
+        raise InvalidModelError(
+            str(data),
+            f"holds {size} bytes but {METADATA_FILE} records {external['bytes']}: the graph's external data "
+            "is truncated or from another export; export again",
+        )
+    actual, identity = file_sha256_and_identity(data)
+    if actual != external["sha256"]:
+        raise InvalidModelError(
+            str(data),
+            f"SHA-256 {actual[:16]}… is not the {external['sha256'][:16]}… recorded in {named_by}: the "
+            "graph's external data is not this export's; export again",
+        )
+    return identity
 
 
 def read_export_metadata(

@@ -44,10 +44,12 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -56,6 +58,7 @@ from torch import nn
 from zreward_deploy.errors import InvalidModelError, MissingDependencyError, ZRewardInputError
 from zreward_deploy.fileio import atomic_directory, check_output_dir
 from zreward_deploy.modeling import ZRewardModel
+from zreward_deploy.native import NativeRewardModel, is_native_dir, load_native
 from zreward_deploy.processing import ZRewardProcessor
 
 from .config import OnnxExportConfig
@@ -63,6 +66,7 @@ from .contract import (
     ATOL,
     DYNAMIC_AXES,
     EXPORTERS,
+    EXTERNAL_DATA_FILE,
     FORMAT,
     FORMAT_VERSION,
     INPUT_NAMES,
@@ -70,10 +74,12 @@ from .contract import (
     ONNX_FILE,
     OPSET,
     OUTPUT_NAMES,
+    PROTOBUF_LIMIT,
     UnvalidatedExportWarning,
     file_sha256,
     verify_export,
 )
+from .native_graph import NativeOnnxModel, write_native_files
 from .ort import TORCH_DTYPES
 from .validation import (
     OnnxValidationError,
@@ -250,13 +256,16 @@ def weights_sha256(model_dir: str | os.PathLike) -> str:
 
 
 def _load(
-    model: ZRewardModel | str | os.PathLike, processor: ZRewardProcessor | None
-) -> tuple[ZRewardModel, ZRewardProcessor, str | None]:
-    if isinstance(model, ZRewardModel):
+    model: ZRewardModel | NativeRewardModel | str | os.PathLike, processor: ZRewardProcessor | None
+) -> tuple[ZRewardModel | NativeRewardModel, ZRewardProcessor, str | None]:
+    if isinstance(model, (ZRewardModel, NativeRewardModel)):
         if processor is None:
             raise ZRewardInputError("processor", "pass the processor together with a model object")
         return model, processor, None
     model_dir = Path(model)
+    if is_native_dir(model_dir):  # a native HF VLM checkpoint folder, as published
+        native, native_processor = load_native(model_dir)
+        return native, processor or native_processor, str(model_dir)
     loaded = ZRewardModel.from_pretrained(model_dir)
     return (
         loaded,
@@ -265,12 +274,59 @@ def _load(
     )
 
 
-def _source_dir(model: ZRewardModel | str | os.PathLike) -> Path | None:
-    return None if isinstance(model, ZRewardModel) else Path(model)
+def _source_dir(model: ZRewardModel | NativeRewardModel | str | os.PathLike) -> Path | None:
+    return None if isinstance(model, (ZRewardModel, NativeRewardModel)) else Path(model)
+
+
+def _graph_module(
+    model: ZRewardModel | NativeRewardModel, suffixes: list[torch.Tensor], weights: torch.Tensor
+) -> nn.Module:
+    """The traced module of a model: :class:`ZRewardOnnxModel`, or for a native model
+    :class:`~.native_graph.NativeOnnxModel` (static vision tower, the same contract)."""
+    if isinstance(model, NativeRewardModel):
+        return NativeOnnxModel(model, suffixes, weights)
+    return ZRewardOnnxModel(model, suffixes, weights)
+
+
+def store_external_data(tmp: Path, mode: str) -> dict[str, Any] | None:
+    """Leave the exported graph in ``tmp`` as one self-contained ``model.onnx`` or as ``model.onnx`` plus
+    one ``model.onnx.data`` (``mode``: ``auto`` = only when the exporter already wrote external data or
+    the graph passes protobuf's 2 GB limit, ``always``, ``never``). Returns the ``external_data`` record
+    (file, SHA-256, bytes) or ``None``.
+
+    The TorchScript exporter writes a model over 2 GB as one file per weight next to the graph; those are
+    gathered here into a single file, so a folder holds exactly the files its metadata names.
+
+    Raises:
+        OnnxValidationError: ``mode`` is ``never`` and the graph needs external data.
+    """
+    graph = tmp / ONNX_FILE
+    strays = [p for p in tmp.iterdir() if p.name != ONNX_FILE]
+    needed = bool(strays) or graph.stat().st_size > PROTOBUF_LIMIT
+    if mode == "never" and needed:
+        raise OnnxValidationError(
+            f"{graph}: the graph is over protobuf's 2 GB limit and needs external data, but "
+            "external_data is 'never'; use --external-data auto (or always)"
+        )
+    if not (mode == "always" or needed):
+        return None
+    import onnx
+
+    proto = onnx.load(str(graph), load_external_data=True)  # the exporter's per-weight files, if any
+    for path in strays:
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    onnx.save_model(
+        proto, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_FILE, size_threshold=1024,
+    )  # fmt: skip
+    data = tmp / EXTERNAL_DATA_FILE
+    if not data.exists():  # every tensor under the threshold: nothing went out
+        data.write_bytes(b"")
+    return {"file": EXTERNAL_DATA_FILE, "sha256": file_sha256(data), "bytes": data.stat().st_size}
 
 
 def export_onnx(
-    model: ZRewardModel | str | os.PathLike,
+    model: ZRewardModel | NativeRewardModel | str | os.PathLike,
     out_dir: str | os.PathLike,
     config: OnnxExportConfig | None = None,
     processor: ZRewardProcessor | None = None,
@@ -282,11 +338,18 @@ def export_onnx(
     (:func:`~zreward_deploy.fileio.atomic_directory`): an error or a kill part-way leaves the previous
     folder as it was (or nothing), never a new graph beside old metadata.
 
+    A native Hugging Face VLM (a :class:`~zreward_deploy.native.NativeRewardModel`, or a Qwen2-VL /
+    Qwen2.5-VL / Qwen3-VL / SmolVLM checkpoint folder) gives the same graph and folder contract, through
+    :class:`~.native_graph.NativeOnnxModel` (a static vision tower at the model's image size), validated
+    against the model's own forward (docs/export.md, "Native VLM checkpoints").
+
     Args:
-        model: a :class:`ZRewardModel` (with ``processor``) or a model directory.
+        model: a :class:`ZRewardModel` or :class:`~zreward_deploy.native.NativeRewardModel` (with
+            ``processor``), or a model directory (the package's, or a native checkpoint folder).
         out_dir: the export folder (created; must be empty unless ``config.overwrite``, which replaces it;
             never the model directory, inside it, or containing it).
-        config: export settings (dtype, dimensions, opset, trace shape, tolerance, exporter).
+        config: export settings (dtype, dimensions, opset, trace shape, tolerance, exporter, external
+            data).
         processor: the model's processor when ``model`` is an object.
 
     Returns:
@@ -311,28 +374,40 @@ def export_onnx(
         marker=[METADATA_FILE],
     )
     source, processor, source_name = _load(model, processor)
-    rubric = source.config.get_rubric()
+    native = isinstance(source, NativeRewardModel)
+    scoring = processor.config if native else source.config  # rubric, scale, image size, prompt limit
+    rubric = scoring.get_rubric()
     dims = [d.name for d in rubric.select(cfg.dimensions)]
     weights = rubric.weights(dims)
     suffixes = processor.suffix_ids(dims)
 
+    # the reference is always the model's own forward (a native model's: its HF tower and masked writes)
     reference = ZRewardOnnxModel(copy.deepcopy(source).float().eval(), suffixes, weights)
     exported = copy.deepcopy(source).to(TORCH_DTYPES[cfg.dtype]).eval()
-    graph = ZRewardOnnxModel(exported, suffixes, weights)
+    graph = _graph_module(exported, suffixes, weights)
     atol = cfg.atol if cfg.atol is not None else ATOL[cfg.dtype]
     trace = {"batch_size": cfg.trace_batch_size, "sequence_length": cfg.trace_sequence_length}
 
     cases: list[ValidationCase] = []
     with atomic_directory(out) as tmp:
         export_graph(graph, tmp / ONNX_FILE, exporter, cfg.opset, cfg.dtype, trace)
-        if any(p.name != ONNX_FILE for p in tmp.iterdir()):
-            raise OnnxValidationError(
-                "the export wrote external data files; models over 2 GB are not supported yet"
-            )
-        folder_config, files = _write_model_files(tmp, source.config, processor, [rubric[n] for n in dims])
+        external = store_external_data(tmp, cfg.external_data)
+        written = {p.name for p in tmp.iterdir()}
+        if native:
+            write_native_files(tmp, source, processor, [rubric[n] for n in dims])
+        else:
+            _write_model_files(tmp, source.config, processor, [rubric[n] for n in dims])
+        files = {
+            p.relative_to(tmp).as_posix(): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name not in (*written, METADATA_FILE)
+        }
         onnx_sha256 = file_sha256(tmp / ONNX_FILE)
-        meta = _metadata(cfg, source.config, folder_config, dims, weights, files, onnx_sha256, source_name)
+        facts = _model_facts(source, scoring)
+        entries = [asdict(rubric[n]) for n in dims]
+        meta = _metadata(cfg, facts, entries, dims, weights, files, onnx_sha256, source_name)
         meta["exporter"] = exporter  # what ran (cfg.exporter, in export_config, may say "auto")
+        meta["external_data"] = external
         if cfg.validate:
             cases = validate_onnx(
                 tmp / ONNX_FILE, reference, processor, cfg.dtype, atol,
@@ -346,29 +421,40 @@ def export_onnx(
     return meta
 
 
-def _write_model_files(
-    tmp: Path, config: Any, processor: ZRewardProcessor, dimensions: list[Any]
-) -> tuple[Any, dict[str, str]]:
+def _write_model_files(tmp: Path, config: Any, processor: ZRewardProcessor, dimensions: list[Any]) -> Any:
     """The folder's config (its rubric: the exported dimensions, in graph order) and the processor's
-    files; returns that config and the SHA-256 of every file but the graph and the metadata (the loader
-    refuses a folder whose tokenizer or config is not this export's; the graph and the metadata are
-    covered by ``onnx_sha256`` and the atomic rename)."""
+    files; returns that config. (The caller hashes every file but the graph, its data and the metadata:
+    the loader refuses a folder whose tokenizer or config is not this export's; the graph and the metadata
+    are covered by ``onnx_sha256`` and the atomic rename.)"""
     folder_config = copy.deepcopy(config)
     folder_config.rubric = [asdict(d) for d in dimensions]
     folder_config.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    files = {
-        p.relative_to(tmp).as_posix(): file_sha256(p)
-        for p in sorted(tmp.rglob("*"))
-        if p.is_file() and p.name not in (ONNX_FILE, METADATA_FILE)
+    return folder_config
+
+
+def _model_facts(model: ZRewardModel | NativeRewardModel, scoring: Any) -> dict[str, Any]:
+    """What the metadata says about the model: score scale and temperature, image size, image tokens,
+    prompt limit, and the model types of the language and vision parts."""
+    hf = model.config
+    return {
+        "score_scale": scoring.score_scale,
+        "score_temperature": scoring.score_temperature,
+        "image_size": int(scoring.image_size),
+        "num_image_tokens": int(
+            model.num_image_tokens if isinstance(model, NativeRewardModel) else hf.num_image_tokens
+        ),
+        "max_prompt_tokens": scoring.max_prompt_tokens,
+        "model_type": hf.model_type,
+        "text_model_type": hf.text_config.model_type,
+        "vision_model_type": hf.vision_config.model_type,
     }
-    return folder_config, files
 
 
 def _metadata(
     cfg: OnnxExportConfig,
-    config: Any,
-    folder_config: Any,
+    facts: dict[str, Any],
+    rubric: list[dict[str, Any]],
     dims: list[str],
     weights: torch.Tensor,
     files: dict[str, str],
@@ -377,6 +463,7 @@ def _metadata(
 ) -> dict[str, Any]:
     """The export's ``zreward_onnx.json`` before validation: what the graph takes and returns, what it
     scores, where it came from, and the SHA-256 of every file (export contract, :mod:`.contract`)."""
+    config = SimpleNamespace(**facts)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -387,14 +474,8 @@ def _metadata(
         "opset": cfg.opset,
         "dimensions": dims,
         "reward_weights": [float(w) for w in weights],
-        "rubric": folder_config.rubric,
-        "score_scale": config.score_scale,
-        "score_temperature": config.score_temperature,
-        "image_size": config.image_size,
-        "num_image_tokens": config.num_image_tokens,
-        "max_prompt_tokens": config.max_prompt_tokens,
-        "text_model_type": config.text_config.model_type,
-        "vision_model_type": config.vision_config.model_type,
+        "rubric": rubric,
+        **facts,
         "inputs": {
             "input_ids": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},
             "attention_mask": {"dtype": "int64", "shape": ["batch_size", "sequence_length"]},

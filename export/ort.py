@@ -38,7 +38,7 @@ from .contract import (
     OUTPUT_NAMES,
     check_graph_outputs,
     check_unchanged,
-    verify_export_graph,
+    verify_export_files,
 )
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -222,7 +222,7 @@ class OrtScorer(BaseScorer):
                 export, a failed validation, a file name leaving the folder), or its graph's inputs and
                 static output shapes disagree with the metadata.
         """
-        meta, hashed = verify_export_graph(export_dir, allow_failed_validation=allow_failed_validation)
+        meta, hashed = verify_export_files(export_dir, allow_failed_validation=allow_failed_validation)
         if provider is not None:
             device = provider
         if dtype is not None:
@@ -232,11 +232,14 @@ class OrtScorer(BaseScorer):
                     "dtype",
                     f"this export is {meta['dtype']}; export again with --dtype {wanted} to run in {wanted}",
                 )
-        processor = ZRewardProcessor.from_pretrained(export_dir)
+        from .native_graph import load_export_processor  # a native model's export, or the package's
+
+        processor = load_export_processor(export_dir)
         cfg = session_config or OrtSessionConfig()
         graph = Path(export_dir) / meta["onnx_file"]
         session = create_session(graph, device, cfg)
-        check_unchanged(graph, hashed)  # ONNX Runtime read the very file whose hash was checked
+        for name, identity in hashed.items():  # ORT read the very files (graph, external data) checked
+            check_unchanged(Path(export_dir) / name, identity)
         return cls(session, processor, meta, device, max_batch_size, io_binding=cfg.io_binding)
 
     # -- raw graph ------------------------------------------------------------------------------------

@@ -69,8 +69,9 @@ from .contract import (
     export_file,
     file_sha256,
     file_sha256_and_identity,
+    graph_digest,
     verify_export,
-    verify_export_graph,
+    verify_export_files,
 )
 
 TENSORRT_METADATA_FILE = "zreward_tensorrt.json"
@@ -253,6 +254,7 @@ def load_or_build_engine(
     device_index: int = 0,
     onnx_sha256: str | None = None,
     onnx_identity: FileIdentity | None = None,
+    data_identities: dict[Path, FileIdentity] | None = None,
 ) -> tuple[bytes, str, bool]:
     """The plan for this GPU and TensorRT version: from ``cache_dir`` when its key is there, else built
     and stored. Returns ``(plan, key, built_now)``.
@@ -261,7 +263,9 @@ def load_or_build_engine(
     a load hashes the graph once; hashed here otherwise. The key holds that hash, so a cached plan is only
     ever one built from the graph the export's metadata describes. ``onnx_identity``: the identity of the
     file that hash was taken of (:func:`~zreward_deploy.export.contract.verify_export_graph`); a plan built
-    from a file that was replaced since is refused before it is cached.
+    from a file that was replaced since is refused before it is cached. ``data_identities``: the same for
+    the graph's external data file (the parser reads it from beside the graph); pass
+    :func:`~zreward_deploy.export.contract.graph_digest` as ``onnx_sha256`` then, so the key covers it.
     """
     trt = import_tensorrt()
     _require_cuda()
@@ -279,6 +283,8 @@ def load_or_build_engine(
     plan = build_engine(onnx_path, profiles, config)
     if onnx_identity is not None:
         check_unchanged(onnx_path, onnx_identity)  # the parser read the very file whose hash is the key
+    for data_path, data_identity in (data_identities or {}).items():
+        check_unchanged(data_path, data_identity)
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, plan)  # a concurrent reader never sees half a plan; builders never collide
     return plan, key, True
@@ -409,6 +415,13 @@ def export_tensorrt(
         )
         graph = tmp / meta["onnx_file"]
         copied, identity = file_sha256_and_identity(graph)
+        data_identities: dict[Path, FileIdentity] = {}
+        external = meta.get("external_data")
+        if external is not None:
+            data_sha, data_identities[tmp / external["file"]] = file_sha256_and_identity(
+                tmp / external["file"]
+            )
+            copied = copied if data_sha == external["sha256"] else ""
         if copied != meta["onnx_sha256"]:  # the source was replaced between its check and the copy
             raise InvalidModelError(str(src), "changed while it was being copied; run the command again")
         if build:
@@ -417,8 +430,9 @@ def export_tensorrt(
                 profiles,
                 cfg,
                 tmp / ENGINE_DIR,
-                onnx_sha256=meta["onnx_sha256"],
+                onnx_sha256=graph_digest(meta),
                 onnx_identity=identity,
+                data_identities=data_identities,
             )
             gpu, capability = device_identity()
             record["engine"] = {
@@ -511,7 +525,9 @@ class TensorRTScorer(BaseScorer):
         """
         import_tensorrt()
         directory = Path(model_dir)
-        meta, hashed = verify_export_graph(directory, allow_failed_validation=allow_failed_validation)
+        meta, identities = verify_export_files(directory, allow_failed_validation=allow_failed_validation)
+        hashed = identities[meta["onnx_file"]]
+        data = {directory / n: i for n, i in identities.items() if n != meta["onnx_file"]}
         dev = torch.device(device) if device not in (None, "cpu") else torch.device("cuda", 0)
         if dev.type != "cuda":
             raise ZRewardInputError(device, "the TensorRT backend runs on CUDA devices only")
@@ -526,13 +542,16 @@ class TensorRTScorer(BaseScorer):
             cfg,
             Path(cache_dir) if cache_dir is not None else directory / ENGINE_DIR,
             dev.index or 0,
-            onnx_sha256=meta["onnx_sha256"],  # verified above: the graph is hashed once per load
+            onnx_sha256=graph_digest(meta),  # verified above: the graph is hashed once per load
             onnx_identity=hashed,
+            data_identities=data,
         )
         engine = TensorRTEngine(plan, cfg.text_length_buckets, dev.index or 0)
         shapes = {n: tuple(engine.engine.get_tensor_shape(n)) for n in engine.outputs}  # -1: dynamic
         check_graph_outputs(meta, shapes, "TensorRT engine")
-        return cls(engine, ZRewardProcessor.from_pretrained(directory), meta, batch)
+        from .native_graph import load_export_processor  # a native model's export, or the package's
+
+        return cls(engine, load_export_processor(directory), meta, batch)
 
     def _forward(self, pixel_values, input_ids, attention_mask, dimensions):
         missing = [d for d in dimensions if d not in self.dimensions]

@@ -40,7 +40,14 @@ from .contract import METADATA_FILE, verify_export
 from .tensorrt import read_tensorrt_record
 
 TRITON_CLIENT_FILE = "zreward_triton.json"
-_CLIENT_FILES = ("config.json", "zreward_processor.json", METADATA_FILE)
+# zreward_native.json and preprocessor_config.json: a native model's scoring settings and normalisation
+_CLIENT_FILES = (
+    "config.json",
+    "zreward_processor.json",
+    METADATA_FILE,
+    "zreward_native.json",
+    "preprocessor_config.json",
+)
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 
@@ -158,6 +165,10 @@ def write_triton_repository(
     with atomic_directory(out) as tmp:
         (tmp / target_rel).parent.mkdir(parents=True)
         shutil.copyfile(model_file, tmp / target_rel)
+        external = meta.get("external_data")
+        if platform == "onnxruntime_onnx" and external is not None:
+            # the graph names its weights file by this relative path: it goes beside the copy
+            shutil.copyfile(src / external["file"], (tmp / target_rel).parent / external["file"])
         (tmp / model_rel / "config.pbtxt").write_text(triton_config_text(meta, platform, cfg, buckets))
 
         _write_client(src, tmp / "client", meta, platform, cfg, buckets)
@@ -209,7 +220,7 @@ def _write_client(
 ) -> None:
     """The client folder: the tokenizer's files, the model's description and ``TRITON_CLIENT_FILE`` (what a
     client needs to pad prompts into the repository's buckets and read the outputs)."""
-    from zreward_deploy.processing import ZRewardProcessor
+    from .native_graph import load_export_processor
 
     client.mkdir()
     for path in src.iterdir():  # the tokenizer's files plus the model's own description
@@ -217,7 +228,7 @@ def _write_client(
             path.name in _CLIENT_FILES or path.name.startswith(("tokenizer", "special_tokens"))
         ):
             shutil.copyfile(path, client / path.name)
-    pad_id = ZRewardProcessor.from_pretrained(client).tokenizer.pad_token_id
+    pad_id = load_export_processor(client).tokenizer.pad_token_id
     (client / TRITON_CLIENT_FILE).write_text(
         json.dumps(
             {

@@ -571,39 +571,19 @@ def read_native_config(directory: str | os.PathLike) -> NativeConfig:
     return config
 
 
-def load_native(
-    directory: str | os.PathLike, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
-) -> tuple[NativeRewardModel, ZRewardProcessor]:
-    """A native checkpoint folder -> ``(NativeRewardModel, processor)``, with no conversion step.
-
-    The folder holds the HF checkpoint as published (``config.json``, ``*.safetensors``, tokenizer files,
-    ``preprocessor_config.json``) and optionally ``zreward_native.json`` (:class:`NativeConfig`'s
-    settings: rubric, score scale, templates, head, image size, ...). Score tokens come from the
-    checkpoint's tokenizer and must be single tokens. Pickle-only weights are refused; every failure is an
-    :class:`InvalidModelError` naming the folder or the file.
-    """
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    from .modeling import check_model_dir, load_dtype, quiet_progress_bars
+def load_native_processor(directory: str | os.PathLike) -> ZRewardProcessor:
+    """The :class:`ZRewardProcessor` of a native folder (a checkpoint, or an ONNX export of one): the
+    tokenizer, the scoring settings (:func:`read_native_config`), ``zreward_processor.json``; without the
+    model. Score tokens must be single tokens of the tokenizer; every failure names the folder or file."""
+    from transformers import AutoTokenizer
 
     directory = Path(directory)
-    check_model_dir(directory, NATIVE_FAMILIES)
     config = read_native_config(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:
         raise InvalidModelError(
             str(directory), f"no usable tokenizer ({type(exc).__name__}: {exc})"
-        ) from None
-    try:
-        with quiet_progress_bars():
-            hf = AutoModelForImageTextToText.from_pretrained(
-                str(directory), local_files_only=True, use_safetensors=True, dtype=load_dtype(dtype),
-                attn_implementation=attn_implementation,
-            )  # fmt: skip
-    except Exception as exc:
-        raise InvalidModelError(
-            str(directory), f"cannot load the model ({type(exc).__name__}: {exc})"
         ) from None
     extra: dict[str, Any] = {}
     if (directory / PROCESSOR_FILE).exists():  # written by ZRewardProcessor.save_pretrained
@@ -615,13 +595,45 @@ def load_native(
             )
     try:
         processor = ZRewardProcessor(tokenizer, config, **extra)  # checks the score tokens are single tokens
+        processor.suffix_ids(config.get_rubric().names)  # a tokenizer that loads but cannot encode
     except InvalidModelError as exc:
         if exc.item not in extra:
             raise
         raise InvalidModelError(str(directory / PROCESSOR_FILE), exc.reason) from None
     config.score_token_ids = processor.score_token_ids
+    return processor
+
+
+def load_native(
+    directory: str | os.PathLike, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
+) -> tuple[NativeRewardModel, ZRewardProcessor]:
+    """A native checkpoint folder -> ``(NativeRewardModel, processor)``, with no conversion step.
+
+    The folder holds the HF checkpoint as published (``config.json``, ``*.safetensors``, tokenizer files,
+    ``preprocessor_config.json``) and optionally ``zreward_native.json`` (:class:`NativeConfig`'s
+    settings: rubric, score scale, templates, head, image size, ...). Score tokens come from the
+    checkpoint's tokenizer and must be single tokens. Pickle-only weights are refused; every failure is an
+    :class:`InvalidModelError` naming the folder or the file.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from .modeling import check_model_dir, load_dtype, quiet_progress_bars
+
+    directory = Path(directory)
+    check_model_dir(directory, NATIVE_FAMILIES)
+    processor = load_native_processor(directory)
     try:
-        model = native_reward_model(hf.eval(), tokenizer, config)
+        with quiet_progress_bars():
+            hf = AutoModelForImageTextToText.from_pretrained(
+                str(directory), local_files_only=True, use_safetensors=True, dtype=load_dtype(dtype),
+                attn_implementation=attn_implementation,
+            )  # fmt: skip
+    except Exception as exc:
+        raise InvalidModelError(
+            str(directory), f"cannot load the model ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        model = native_reward_model(hf.eval(), processor.tokenizer, processor.config)
     except InvalidModelError as exc:
         raise InvalidModelError(str(directory / SETTINGS_FILE), f"{exc.item}: {exc.reason}") from None
     return model, processor

@@ -60,7 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     onnx = sub.add_parser("onnx", help="export a model directory to a validated, self-describing ONNX folder")
     onnx.add_argument(
-        "--model", required=True, help="model directory (config.json, *.safetensors, tokenizer)"
+        "--model",
+        required=True,
+        help="model directory (config.json, *.safetensors, tokenizer): the package's, or a native "
+        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL / SmolVLM checkpoint folder",
     )
     onnx.add_argument(
         "--out",
