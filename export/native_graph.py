@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zreward_deploy.config import SMOLVLM_FAMILIES
 from zreward_deploy.errors import ZRewardInputError
 from zreward_deploy.modeling import multi_suffix_mask
 from zreward_deploy.native import SETTINGS_FILE, NativeRewardModel, is_native_dir, mrope_positions
@@ -94,7 +95,7 @@ class NativeOnnxModel(nn.Module):
         a, n = reward.image_at, reward.num_image_tokens
         embeds = torch.cat([embeds[:, :a], features.to(dtype), embeds[:, a + n :]], dim=1)
         mask, positions = multi_suffix_mask(attention_mask, head.numel(), self.lengths, dtype)
-        if self.family != "smolvlm":
+        if self.family not in SMOLVLM_FAMILIES:
             positions = mrope_positions(head.numel(), a, reward.grid, attention_mask, self.lengths)
         hidden = self._decoder(embeds, mask, positions, deepstack)
         ends = torch.tensor(self.lengths, device=ids.device).cumsum(0) + (head.numel() - 1)
@@ -111,7 +112,7 @@ class NativeOnnxModel(nn.Module):
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, deepstack: list[torch.Tensor]
     ) -> torch.Tensor:
         inner = self.reward.model.model
-        lm = inner.text_model if self.family == "smolvlm" else inner.language_model
+        lm = inner.text_model if self.family in SMOLVLM_FAMILIES else inner.language_model
         if not deepstack:
             out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
             return out.last_hidden_state

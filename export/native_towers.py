@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zreward_deploy.config import SMOLVLM_FAMILIES
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.native import patchify
 
@@ -318,7 +319,7 @@ class StaticSmolVLMVisionTower(nn.Module):
 def static_vision_tower(reward: nn.Module) -> nn.Module:
     """The static tower of a :class:`~zreward_deploy.native.NativeRewardModel` at its image size."""
     inner = reward.model.model
-    if reward.family == "smolvlm":
+    if reward.family in SMOLVLM_FAMILIES:
         return StaticSmolVLMVisionTower(inner.vision_model, inner.connector, int(reward.image_size[0]))
     return StaticQwenVisionTower(inner.visual, reward.family, tuple(reward.image_size))
 

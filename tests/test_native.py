@@ -44,17 +44,26 @@ def build(family: str, seed: int = 0, attn: str = "sdpa"):
     )
 
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
-    if family == "smolvlm":
-        from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+    if family in SMOL:
+        from transformers import (
+            Idefics3Config,
+            Idefics3ForConditionalGeneration,
+            SmolVLMConfig,
+            SmolVLMForConditionalGeneration,
+        )
 
         text = {k: v for k, v in TEXT.items() if k != "rope_scaling"}
         vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                       image_size=SMOL_SIZE[0], patch_size=8)  # fmt: skip
-        config = SmolVLMConfig(
+        config_cls, cls = (
+            (SmolVLMConfig, SmolVLMForConditionalGeneration)
+            if family == "smolvlm"
+            else (Idefics3Config, Idefics3ForConditionalGeneration)
+        )
+        config = config_cls(
             text_config={"model_type": "llama", **text}, vision_config=vision, scale_factor=2,
             image_token_id=IMAGE_TOKEN, pad_token_id=0, attn_implementation=attn,
         )  # fmt: skip
-        cls = SmolVLMForConditionalGeneration
     elif family == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -90,17 +99,18 @@ def head_ids(n_image: int) -> list[int]:
     return [3, 4, 5, VISION_START, *[IMAGE_TOKEN] * n_image, VISION_END, 6]
 
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "idefics3")
+SMOL = ("smolvlm", "idefics3")  # SmolVLM2, and SmolVLM v1 / Idefics3 (the same architecture)
 
 
 def size_of(family: str) -> tuple[int, int]:
-    return SMOL_SIZE if family == "smolvlm" else IMAGE_SIZE
+    return SMOL_SIZE if family in SMOL else IMAGE_SIZE
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def native(request):
     model = build(request.param)
-    n = 4 if request.param == "smolvlm" else 8
+    n = 4 if request.param in SMOL else 8
     reward = NativeRewardModel(model, head_ids(n), SCORE_IDS, VALUES, size_of(request.param), temperature=0.7)
     return request.param, model, reward.eval()
 
@@ -166,7 +176,7 @@ def test_positions_and_mask_matter(native, monkeypatch):
         tail = pos.shape[-1] - n_suffix
         return torch.cat([pos[..., :tail], pos[..., tail:] + torch.arange(n_suffix)], dim=-1)
 
-    if family == "smolvlm":  # 1-D positions come with the mask
+    if family in SMOL:  # 1-D positions come with the mask
         monkeypatch.setattr(
             native_module, "multi_suffix_mask",
             lambda *a: (lambda m, p: (m, no_restart(p)))(*multi_suffix_mask(*a)),
@@ -346,7 +356,7 @@ def test_native_settings_that_would_fail_later_are_refused(native_dir, tmp_path,
     from zreward_deploy.native import load_native
 
     family, folder, _, _ = native_dir
-    if family == "smolvlm" and error == "multiple of 8":  # 36 px = 9 patches of 4, shuffled by 2
+    if family in SMOL and error == "multiple of 8":  # 36 px = 9 patches of 4, shuffled by 2
         error = "not a multiple of the pixel shuffle's 2"
     with pytest.raises(InvalidModelError, match=re.escape(error)):
         load_native(_with_settings(folder, tmp_path / "copy", **changes))
@@ -495,7 +505,7 @@ def test_folders_written_under_transformers_5_load_under_4_57(native_dir, tmp_pa
     from zreward_deploy.native import load_native, portable_native_config
 
     family, folder, _, _ = native_dir
-    if family == "smolvlm":
+    if family in SMOL:
         pytest.skip("SmolVLM's Llama has no M-RoPE sections: its RoPE fields are plain on both lines")
     five = tmp_path / "five"
     shutil.copytree(folder, five)

@@ -394,8 +394,12 @@ class ZRewardConfig(ScoringFields, PretrainedConfig):
 
 TRAINING_METHODS = ("none", "compose", "sft", "grpo", "gdso", "risd", "opd")
 
-NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
+NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "idefics3")
 """``model_type`` of the native HF VLM checkpoints that score as they are (``zreward_deploy.native``)."""
+SMOLVLM_FAMILIES = ("smolvlm", "idefics3")
+"""The SmolVLM kind (a SigLIP tower, pixel shuffle, a Llama LM with 1-D positions): SmolVLM2 checkpoints are
+``smolvlm``; the first SmolVLM releases (256M, 500M, 2.2B) and Idefics3 are published as ``idefics3``,
+transformers' class of the same architecture."""
 
 
 def check_training_record(record: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ from torch import nn
 from zreward_deploy.config import (
     DEFAULT_TEMPLATES,
     NATIVE_FAMILIES,
+    SMOLVLM_FAMILIES,
     Rubric,
     ScoreScale,
     ScoringFields,
@@ -168,7 +169,7 @@ class NativeRewardModel(nn.Module):
         self.family = config.model_type
         self.patch_size = int(vision.patch_size)
         h, w = image_size
-        if self.family == "smolvlm":
+        if self.family in SMOLVLM_FAMILIES:
             # One image at the tower's own size (no splitting); the connector's pixel shuffle merges
             # scale_factor x scale_factor patches into one token.
             self.temporal_patch_size, self.merge_size = 1, int(config.scale_factor)
@@ -224,7 +225,7 @@ class NativeRewardModel(nn.Module):
         """The HF vision tower (Qwen-VL's ``visual`` with its merger; SmolVLM's ``vision_model``; the
         connector is trained with the language model), what ``TrainConfig.freeze_vision`` freezes."""
         inner = self.model.model
-        return inner.vision_model if self.family == "smolvlm" else inner.visual
+        return inner.vision_model if self.family in SMOLVLM_FAMILIES else inner.visual
 
     def gradient_checkpointing_enable(
         self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
@@ -254,14 +255,14 @@ class NativeRewardModel(nn.Module):
 
     def mm_token_types(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """transformers 5's Qwen-VL forward computes M-RoPE from the token types (1 on image tokens)."""
-        if self.family == "smolvlm" or not TRANSFORMERS_5:
+        if self.family in SMOLVLM_FAMILIES or not TRANSFORMERS_5:
             return {}
         return {"mm_token_type_ids": (ids == self.config.image_token_id).int()}
 
     def hf_image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[B, 3, H, W]`` normalised images -> the image arguments of the HF model's forward: the Qwen-VL
         patch layout and ``image_grid_thw``, or SmolVLM's ``[B, 1, 3, H, W]`` (one image per item)."""
-        if self.family == "smolvlm":
+        if self.family in SMOLVLM_FAMILIES:
             return {"pixel_values": pixel_values.unsqueeze(1)}
         return {
             "pixel_values": patchify(
@@ -322,7 +323,7 @@ class NativeRewardModel(nn.Module):
             parts.append(torch.cat([s.to(device) for s in suffix_ids]).expand(batch, -1))
         dtype = self.get_input_embeddings().weight.dtype
         mask, positions = multi_suffix_mask(attention_mask, head.numel(), lengths, dtype)
-        if self.family != "smolvlm":  # M-RoPE; SmolVLM's Llama takes the 1-D positions as they are
+        if self.family not in SMOLVLM_FAMILIES:  # M-RoPE; SmolVLM's Llama takes the 1-D positions as they are
             positions = mrope_positions(head.numel(), self.image_at, self.grid, attention_mask, lengths)
         out = self.model.model(
             input_ids=torch.cat(parts, dim=1),
@@ -430,13 +431,17 @@ _FAMILY_NORMALISATION = {
     "qwen2_5_vl": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "qwen3_vl": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "smolvlm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "idefics3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 IMAGE_PLACEHOLDER = {"qwen2_vl": "<|image_pad|>", "qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>",
-                     "smolvlm": "<image>"}  # fmt: skip
+                     "smolvlm": "<image>", "idefics3": "<image>"}  # fmt: skip
 """The text of the image token in each family's tokenizer: the head holds it once."""
 DEFAULT_HEADS = {
     **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen3_vl"), DEFAULT_HEAD),
-    "smolvlm": "<|im_start|>User:<fake_token_around_image><global-img><image><fake_token_around_image>",
+    **dict.fromkeys(
+        ("smolvlm", "idefics3"),
+        "<|im_start|>User:<fake_token_around_image><global-img><image><fake_token_around_image>",
+    ),
 }
 """The default head of each family: its chat turn's opening and one image placeholder."""
 _SETTINGS = ("image_size", "head", "score_scale", "rubric", "templates", "max_prompt_tokens",
@@ -559,7 +564,7 @@ def read_native_config(directory: str | os.PathLike) -> NativeConfig:
     if (directory / "preprocessor_config.json").exists():
         pre = read_json_object(directory / "preprocessor_config.json", InvalidModelError)
         mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
-    if family == "smolvlm" and "image_size" not in settings:  # the tower's own size
+    if family in SMOLVLM_FAMILIES and "image_size" not in settings:  # the tower's own size
         vision = hf_fields.get("vision_config") or {}
         settings = {**settings, "image_size": int(vision.get("image_size", 512))}
     try:
@@ -680,7 +685,7 @@ def token_grid_side(hf_config: Any, side: int) -> int:
     must divide the patch count."""
     vision = hf_config.vision_config
     patch = int(vision.patch_size)
-    if hf_config.model_type == "smolvlm":
+    if hf_config.model_type in SMOLVLM_FAMILIES:
         scale = int(hf_config.scale_factor)
         if (side // patch) % scale:
             raise InvalidModelError(
@@ -739,7 +744,7 @@ def build_native_preset(
     if family not in NATIVE_FAMILIES:
         raise InvalidModelError("family", f"{family!r} is not one of {NATIVE_FAMILIES}")
     tokenizer = build_tokenizer()
-    smol = family == "smolvlm"
+    smol = family in SMOLVLM_FAMILIES
     added = SMOLVLM_TOKENS if smol else VISION_TOKENS
     tokenizer.add_tokens(added, special_tokens=True)  # the API both transformers lines have
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in added}
@@ -757,7 +762,7 @@ def build_native_preset(
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
         tie_word_embeddings=False, **common_ids,
         # stated, not left to the defaults: transformers 5 changed Qwen3-VL's (5e6 -> 5e5)
-        rope_theta=1e6 if family != "smolvlm" else 1e5,
+        rope_theta=1e5 if smol else 1e6,
     )  # fmt: skip
     common = dict(patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=2)
     extra: dict[str, Any] = {}
@@ -869,15 +874,14 @@ REALISTIC_SIZES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, 
         ),
         _QWEN_VL_TOKENS,
     ),
-    # HuggingFaceTB/SmolVLM-256M-Instruct (published as model_type idefics3; the package's SmolVLM family,
-    # transformers' SmolVLM classes, has the same modules and parameter count). config.json as copied in
+    # HuggingFaceTB/SmolVLM-256M-Instruct (published as model_type idefics3, built as such). config.json as copied in
     # https://huggingface.co/Mattimax/DATA-AI_Smol256M-Instruct/blob/main/config.json ("_name_or_path":
     # "HuggingFaceTB/SmolVLM-256M-Instruct"): SmolLM2-135M-shaped text model, SigLIP base-patch16-512 tower,
     # pixel shuffle 4 (64 image tokens), untied embeddings; <image> is id 49190, <end_of_utterance> 49279
     # (generation_config.json). 256,484,928 parameters: model.safetensors 513 MB in bf16 (256M params per the
     # Hub's safetensors metadata).
     "smolvlm-256m": (
-        "smolvlm",
+        "idefics3",
         dict(
             model_type="llama", vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
             num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
@@ -890,14 +894,14 @@ REALISTIC_SIZES: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, 
         ),
         dict(image_token_id=49190, scale_factor=4, pad_token_id=2),
     ),
-    # HuggingFaceTB/SmolVLM-Instruct (SmolVLM 2.2B; model_type idefics3 as published): config.json as
+    # HuggingFaceTB/SmolVLM-Instruct (SmolVLM 2.2B; model_type idefics3 as published, built as such): config.json as
     # copied in https://huggingface.co/Pinatpong/SmolVLM-Instruct/blob/main/config.json and
     # chflame163/ComfyUI_LayerStyle (models/smol/SmolVLM-Instruct/config.json): SmolLM2-1.7B-shaped text model
     # (32 heads, no GQA), SigLIP so400m-patch14-384 tower (27 x 27 patches: the patch conv drops the last
     # 6 px), pixel shuffle 3 (81 image tokens), untied embeddings, <image> id 49153.
     # 2,246,272,880 parameters (2.25B per the Hub's safetensors metadata).
     "smolvlm-2.2b": (
-        "smolvlm",
+        "idefics3",
         dict(
             model_type="llama", vocab_size=49155, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
             num_attention_heads=32, num_key_value_heads=32, head_dim=64, max_position_embeddings=16384,

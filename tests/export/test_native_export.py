@@ -19,7 +19,7 @@ import torch
 
 from zreward_deploy.errors import InvalidModelError
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "idefics3")
 PROMPTS = [
     "a red cube",
     "two blue spheres to the left of a yellow cone",
@@ -43,7 +43,7 @@ def hf_tower_features(reward, pixel_values):
     """The HF tower's own forward on ``[B, 3, H, W]`` as ``([B, N, D], deepstack)``, on either line."""
     inner = reward.model.model
     b = pixel_values.shape[0]
-    if reward.family == "smolvlm":
+    if reward.family in ("smolvlm", "idefics3"):
         out = inner.get_image_features(pixel_values.unsqueeze(1))
         feats = getattr(out, "pooler_output", out)  # transformers 5: a list, one entry per item
         feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
@@ -74,6 +74,7 @@ def hf_tower_features(reward, pixel_values):
         ("qwen3_vl", 32),
         ("qwen3_vl", 48),
         ("smolvlm", 32),
+        ("idefics3", 32),
     ],
 )
 def test_static_tower_equals_the_hf_tower(family, image_size):
