@@ -2,7 +2,7 @@
 from the HF processor's PIL resize (docs/benchmarks.md, "Fixed vs dynamic resolution"; docs/model.md).
 
 The package scores a native model at one fixed square resolution (``NativeConfig.image_size``: every image
-resized in torch, bilinear with antialiasing, then one pass for all D dimensions). The checkpoint's own
+resized in torch, bicubic with antialiasing (``NativeConfig.resample``), then one pass for all D dimensions). The checkpoint's own
 processor (``Qwen2VLImageProcessor``, ``smart_resize``) picks a resolution per image instead: the aspect
 ratio kept, each side a multiple of patch x merge, the area within ``[min_pixels, max_pixels]``, resized with
 PIL (bicubic). Per image and rubric dimension this measures

@@ -350,6 +350,7 @@ def _with_settings(folder, out, **changes):
         ({"resolution": 448}, "unknown settings"),
         ({"image_size": 36}, "multiple of 8"),
         ({"head": "<|im_start|>user\n"}, "with exactly one <"),
+        ({"resample": "lanczos"}, "resample: must be one of ('bilinear', 'bicubic')"),
     ],
 )
 def test_native_settings_that_would_fail_later_are_refused(native_dir, tmp_path, changes, error):
@@ -668,3 +669,30 @@ def test_smolvlm_at_a_side_its_patches_do_not_tile_scores_like_the_hf_forward():
                 torch.testing.assert_close(probs[b, d], want, rtol=0, atol=2e-6)
     with pytest.raises(InvalidModelError, match="pixel shuffle"):
         build_native_preset("smolvlm", image_size=36)  # 9 patches: the shuffle by 2 does not divide them
+
+
+def test_native_images_are_resized_like_the_qwen_vl_processors_pil_bicubic(native_dir, monkeypatch):
+    """A native model resizes bicubic (antialiased, clipped), what Qwen2VLImageProcessor does with PIL: on a
+    picture with hard edges, shrunk to the model's 32 px, within 4 grey levels of PIL's bicubic (0.5 on
+    average), where the package's bilinear is 15+ levels off at the edges. The streamed decode (strips of
+    rows, width then height) equals resizing the whole float image, bit for bit, with bicubic too."""
+    from PIL import Image
+
+    from zreward_deploy import processing
+
+    _, _, _, processor = native_dir
+    assert processor.resample == "bicubic"
+    y, x = np.mgrid[0:96, 0:120]
+    grey = ((((y // 8) + (x // 8)) % 2) * 180 + x * 0.5).clip(0, 255)
+    picture = np.stack([grey, 255 - grey, grey * 0.5 + 40], -1).astype(np.uint8)
+    side = processor.config.image_size
+    pil = np.asarray(Image.fromarray(picture).resize((side, side), Image.BICUBIC)).astype(np.float64)
+    whole = torch.from_numpy(picture).permute(2, 0, 1).float()[None] / 255
+    for mode, within in (("bicubic", True), ("bilinear", False)):
+        ours = processing._clip(processing._resize(whole, (side, side), mode), mode)[0]
+        diff = np.abs(ours.permute(1, 2, 0).numpy() * 255 - pil)
+        assert (diff.max() <= 4 and diff.mean() <= 0.5) == within, (mode, diff.max(), diff.mean())
+    monkeypatch.setattr(processing, "STRIP_PIXELS", 120 * 10)  # ten rows per strip: 10 strips
+    streamed = processor.model_image(picture)
+    reference = processing._clip(processing._resize(whole, (side, side), "bicubic"), "bicubic")[0]
+    assert torch.equal(streamed, reference)

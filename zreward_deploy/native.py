@@ -61,7 +61,7 @@ from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import read_json_object
 from zreward_deploy.kernels.score_head import score_head
 from zreward_deploy.modeling import ZRewardOutput, multi_suffix_mask, plain_generation_config, reward_output
-from zreward_deploy.processing import PROCESSOR_FILE, ZRewardProcessor
+from zreward_deploy.processing import PROCESSOR_FILE, RESAMPLE_MODES, ZRewardProcessor
 
 TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
 
@@ -445,7 +445,7 @@ DEFAULT_HEADS = {
 }
 """The default head of each family: its chat turn's opening and one image placeholder."""
 _SETTINGS = ("image_size", "head", "score_scale", "rubric", "templates", "max_prompt_tokens",
-             "score_temperature", "training")  # fmt: skip
+             "score_temperature", "training", "resample")  # fmt: skip
 
 
 class NativeConfig(ScoringFields):
@@ -455,6 +455,9 @@ class NativeConfig(ScoringFields):
 
     ``image_size`` is the fixed square resolution images are resized to (a multiple of the family's patch
     size x merge size); the checkpoint's processor would pick one per image (dynamic resolution).
+    ``resample``: the resize filter, ``bicubic`` (antialiased, clipped to [0, 1]) by default, what the
+    Qwen-VL processors use with PIL (SmolVLM's use Lanczos, which torch does not have); ``bilinear`` is the
+    package models' filter.
     """
 
     model_type = "zreward_native"
@@ -472,6 +475,7 @@ class NativeConfig(ScoringFields):
         max_prompt_tokens: int = 256,
         score_temperature: float = 1.0,
         training: Mapping[str, Any] | None = None,
+        resample: str = "bicubic",
     ):
         if family not in NATIVE_FAMILIES:
             raise InvalidModelError("model_type", f"{family!r} is not one of {NATIVE_FAMILIES}")
@@ -498,6 +502,9 @@ class NativeConfig(ScoringFields):
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.score_temperature = float(score_temperature)
         self.training = check_training_record(training)
+        if resample not in RESAMPLE_MODES:
+            raise InvalidModelError("resample", f"must be one of {RESAMPLE_MODES}, got {resample!r}")
+        self.resample = resample
 
     def save_settings(self, directory: str | os.PathLike) -> None:
         """Write ``zreward_native.json`` and the image normalisation (``preprocessor_config.json``) into a
@@ -514,7 +521,7 @@ class NativeConfig(ScoringFields):
         out = {
             "image_size": self.image_size, "head": self.head, "score_scale": self.score_scale,
             "rubric": self.rubric, "templates": templates, "max_prompt_tokens": self.max_prompt_tokens,
-            "score_temperature": self.score_temperature, "training": self.training,
+            "score_temperature": self.score_temperature, "training": self.training, "resample": self.resample,
         }  # fmt: skip
         return out
 

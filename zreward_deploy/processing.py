@@ -121,7 +121,13 @@ STRIP_PIXELS = 1 << 22
 
 
 def rows_to_tensor(
-    rows: RowReader, height: int, width: int, full: float, item: Any = None, size: int | None = None
+    rows: RowReader,
+    height: int,
+    width: int,
+    full: float,
+    item: Any = None,
+    size: int | None = None,
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """An image given by its row reader (``[h, W, C]`` arrays, C in 1, 3, 4; ``full`` = the value of full
     intensity) -> float ``[3, H, W]`` in [0, 1], or ``[3, size, size]`` when ``size`` is given.
@@ -149,11 +155,13 @@ def rows_to_tensor(
         # integers divided by their full scale are in [0, 1] by construction: only floats need checks
         x = _finish_float_tensor(x, item) if strip.dtype.kind == "f" else _channels_to_rgb(x)
         if size is not None and width != size:
-            x = _resize(x.unsqueeze(0), (x.shape[1], size))[0]
+            x = _resize(x.unsqueeze(0), (x.shape[1], size), resample)[0]
         parts.append(x)
     x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     if size is not None and height != size:
-        x = _resize(x.unsqueeze(0), (size, size))[0]
+        x = _resize(x.unsqueeze(0), (size, size), resample)[0]
+    if size is not None and (height, width) != (size, size):
+        x = _clip(x, resample)
     return x
 
 
@@ -162,6 +170,7 @@ def pil_to_tensor(
     item: Any = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     size: int | None = None,
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """A PIL image of any common mode -> float ``[3, H, W]`` in [0, 1] (``[3, size, size]`` with ``size``).
 
@@ -171,18 +180,22 @@ def pil_to_tensor(
     """
     check_image_size(item, image.size, max_pixels)
     rows, full = _pil_rows(image, item)
-    return rows_to_tensor(rows, image.height, image.width, full, item, size)
+    return rows_to_tensor(rows, image.height, image.width, full, item, size, resample)
 
 
 def numpy_to_tensor(
-    array: np.ndarray, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, size: int | None = None
+    array: np.ndarray,
+    item: Any = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    size: int | None = None,
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """A numpy image ``[H, W]``, ``[H, W, 1|3|4]`` (uint8, uint16 or float in [0, 1]) -> ``[3, H, W]``
     (``[3, size, size]`` with ``size``)."""
     array, full = _numpy_image(array, item)
     height, width, _ = array.shape
     check_image_size(item, (width, height), max_pixels)
-    return rows_to_tensor(lambda top, bottom: array[top:bottom], height, width, full, item, size)
+    return rows_to_tensor(lambda top, bottom: array[top:bottom], height, width, full, item, size, resample)
 
 
 def torch_to_tensor(
@@ -190,6 +203,7 @@ def torch_to_tensor(
     item: Any = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     size: int | None = None,
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """A torch image ``[C, H, W]`` (C in 1, 3, 4; uint8 or float in [0, 1]) -> float ``[3, H, W]``
     (``[3, size, size]`` with ``size``).
@@ -207,7 +221,7 @@ def torch_to_tensor(
         raise InvalidImageError(item, f"unsupported tensor dtype {tensor.dtype}; use uint8 or float")
     x = _finish_float_tensor(tensor, item)
     if size is not None and x.shape[-2:] != (size, size):
-        x = _resize(x.unsqueeze(0), (size, size))[0]
+        x = _clip(_resize(x.unsqueeze(0), (size, size), resample)[0], resample)
     return x
 
 
@@ -235,7 +249,11 @@ def _channels_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def image_to_tensor(
-    image: ImageInput, item: Any = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, size: int | None = None
+    image: ImageInput,
+    item: Any = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    size: int | None = None,
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """Any supported image (path, PIL, numpy, torch) -> float ``[3, H, W]`` in [0, 1].
 
@@ -249,15 +267,15 @@ def image_to_tensor(
         name = item if item is not None else str(image)
         pil = load_image_file(image, max_pixels)
         try:
-            return pil_to_tensor(pil, name, max_pixels, size)
+            return pil_to_tensor(pil, name, max_pixels, size, resample)
         finally:
             pil.close()  # the decoded pixels are not needed once converted: free them now
     if isinstance(image, Image.Image):
-        return pil_to_tensor(image, item, max_pixels, size)
+        return pil_to_tensor(image, item, max_pixels, size, resample)
     if isinstance(image, np.ndarray):
-        return numpy_to_tensor(image, item, max_pixels, size)
+        return numpy_to_tensor(image, item, max_pixels, size, resample)
     if isinstance(image, torch.Tensor):
-        return torch_to_tensor(image, item, max_pixels, size)
+        return torch_to_tensor(image, item, max_pixels, size, resample)
     raise InvalidImageError(
         item, f"unsupported image type {type(image).__name__}; use a path, PIL, numpy or torch"
     )
@@ -309,9 +327,22 @@ def check_image_batch(images: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -
         )
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The package's one resize: bilinear, antialiased, half-pixel centres, ``[B, C, H, W]``."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+RESAMPLE_MODES = ("bilinear", "bicubic")
+"""The resize filters (antialiased, half-pixel centres): bilinear for the package's own models; bicubic,
+what the Qwen-VL families' processors use with PIL, for native checkpoints (``NativeConfig.resample``)."""
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], resample: str = "bilinear") -> torch.Tensor:
+    """The package's one resize, ``[B, C, H, W]``: antialiased, half-pixel centres, separable (width and
+    height resized in turn give the same result as both at once). Bicubic overshoots [0, 1]:
+    :func:`_clip` after the last pass."""
+    return F.interpolate(x, size=size, mode=resample, align_corners=False, antialias=True)
+
+
+def _clip(x: torch.Tensor, resample: str) -> torch.Tensor:
+    """Bicubic's overshoot clipped back to [0, 1], as PIL's 8-bit output clips it (bilinear cannot leave
+    the range)."""
+    return x.clamp(0.0, 1.0) if resample == "bicubic" else x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,7 +351,11 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def preprocess_tensor(
-    images: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+    images: torch.Tensor,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resample: str = "bilinear",
 ) -> torch.Tensor:
     """Resize and normalise images already in [0, 1]: ``[B, 3, H, W]`` -> ``[B, 3, S, S]``.
 
@@ -333,7 +368,7 @@ def preprocess_tensor(
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if x.shape[-2:] != (image_size, image_size):
-        x = _resize(x, (image_size, image_size))
+        x = _clip(_resize(x, (image_size, image_size), resample), resample)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -391,6 +426,8 @@ class ZRewardProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.max_image_pixels = max_image_pixels
+        # the resize filter: the config's (a native model's NativeConfig says), else bilinear
+        self.resample = getattr(config, "resample", "bilinear")
         self.score_token_ids = config.get_score_scale().token_ids(tokenizer)
         if config.score_token_ids is not None and list(config.score_token_ids) != self.score_token_ids:
             raise InvalidModelError(
@@ -549,14 +586,21 @@ class ZRewardProcessor:
         :meth:`pixel_values` of these equals :meth:`pixel_values` of :meth:`image_tensor` bit for bit.
         """
         return image_to_tensor(
-            image, item=item, max_pixels=self.max_image_pixels, size=self.config.image_size
+            image,
+            item=item,
+            max_pixels=self.max_image_pixels,
+            size=self.config.image_size,
+            resample=self.resample,
         )
 
     def pixel_values(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Float ``[3, H, W]`` images of any sizes -> ``pixel_values [B, 3, S, S]``."""
         c = self.config
         return torch.cat(
-            [preprocess_tensor(t.unsqueeze(0), c.image_size, c.image_mean, c.image_std) for t in tensors]
+            [
+                preprocess_tensor(t.unsqueeze(0), c.image_size, c.image_mean, c.image_std, self.resample)
+                for t in tensors
+            ]
         )
 
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -570,4 +614,4 @@ class ZRewardProcessor:
         """
         check_image_batch(images, self.max_image_pixels)
         c = self.config
-        return preprocess_tensor(images, c.image_size, c.image_mean, c.image_std)
+        return preprocess_tensor(images, c.image_size, c.image_mean, c.image_std, self.resample)

@@ -37,7 +37,9 @@ def test_resolution_bench_writes_its_files_and_the_exact_case_matches(tmp_path, 
     assert max(r["tv"] for r in other) > 1e-3  # a different image gives different scores: the check can fail
     # 64x64 (4096 px) is over max_pixels (2304): the processor shrinks it to 48x48
     assert all(r["native_hw"] == "48x48" and r["native_tokens"] == 36 for r in capped)
-    assert all(r["resize_max_grey"] > 1 for r in capped)  # torch bilinear vs PIL bicubic differ at edges
+    # the resize itself: torch's antialiased bicubic against PIL's, both shrinking 64 -> 32; PIL rounds to
+    # 8 bits, so not 0, and within a few grey levels (bilinear was 14-28 off at edges: docs/benchmarks.md)
+    assert all(0.1 < r["resize_max_grey"] <= 4 for r in capped), [r["resize_max_grey"] for r in capped]
     assert "| 24x40 |" in capsys.readouterr().out
 
 
