@@ -4,7 +4,8 @@ restoring them.
 ``output_dir/checkpoints/step_XXXXXXXX/`` holds ``model/`` (``save_pretrained``: safetensors + tokenizer,
 loadable by ``zreward eval``), ``optimizer.pt``, ``scheduler.pt``, ``trainer_state.json`` (step, data
 order, method state), one ``rng_state_rank{r}.pt`` per process and any extra models (GDSO's reference
-policy). It is written to a temporary folder, every file is fsynced, ``trainer_state.json`` is written
+policy). A LoRA run's ``model/`` is the merged model and the adapters are kept beside it
+(``lora_adapter.safetensors``): resume rebuilds the frozen base from the run's ``model`` and loads them. It is written to a temporary folder, every file is fsynced, ``trainer_state.json`` is written
 last, and the folder is renamed into place (:func:`zreward_deploy.fileio.replace_dir`), so a crash leaves
 either the old or the new checkpoint, never half of one; ``latest`` names the newest. A checkpoint is
 *complete* when its ``step_*`` folder holds ``trainer_state.json`` (:func:`is_complete_checkpoint`).
@@ -37,9 +38,11 @@ from torch import nn
 from zreward_deploy.errors import InvalidModelError
 from zreward_deploy.fileio import atomic_write_text, read_json_object, replace_dir
 from zreward_deploy.modeling import ZRewardModel, weights_from_file
+from zreward_deploy.native import NativeRewardModel, native_weights_from_folder
 from zreward_deploy.processing import ZRewardProcessor
 
 from .config import ConfigError, TrainConfig
+from .lora import ADAPTER_FILE, has_lora, is_adapter_weight
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -181,6 +184,7 @@ def save_checkpoint(
     keep: int,
     extra_models: Mapping[str, ZRewardModel] | None = None,
     weights: Mapping[str, torch.Tensor] | None = None,
+    adapter: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a resumable checkpoint for ``step`` into ``output_dir/checkpoints`` atomically, keeping the
     newest ``keep``; every process must call it.
@@ -190,7 +194,9 @@ def save_checkpoint(
         model, processor: the inner model (for its config) and its processor.
         state: JSON-able trainer state (``step`` is added; include the sampler's ``state_dict``).
         extra_models: further models to keep (name -> model), e.g. GDSO's π_ref.
-        weights: the model's full state dict when the caller already gathered it (to check it).
+        weights: the model's full state dict when the caller already gathered it (to check it); a LoRA
+            run's merged one.
+        adapter: a LoRA run's adapter weights (written to :data:`~.lora.ADAPTER_FILE`).
     """
     is_main = accelerator.is_main_process
     root = output_dir / CHECKPOINT_DIR
@@ -209,6 +215,10 @@ def save_checkpoint(
         processor.save_pretrained(tmp / MODEL_DIR)
         for name, extra in (extra_models or {}).items():
             extra.save_pretrained(tmp / name)
+        if adapter is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in adapter.items()}, tmp / ADAPTER_FILE)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()  # every process's RNG file is written
@@ -299,9 +309,13 @@ def _load_weights(target: ZRewardModel, folder: Path) -> None:
         if bad:  # a model that would score NaN: refused here rather than trained on
             raise damaged_checkpoint(f, f"holds NaN or infinite values in {bad[:3]}")
         weights.update(part)
+    if isinstance(target, NativeRewardModel):
+        # the checkpoint's own weight names, mapped onto the modules by the HF class's loader
+        state = native_weights_from_folder(target, folder)
+    else:  # the files' weight names are the same on every transformers line; the modules' are not
+        state = weights_from_file(target, weights)
     try:
-        # the files' weight names are the same on every transformers line; the modules' are not
-        missing, unexpected = target.load_state_dict(weights_from_file(target, weights), strict=False)
+        missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise damaged_checkpoint(
             folder, f"weights do not fit the model ({str(exc).splitlines()[0]})"
@@ -310,6 +324,36 @@ def _load_weights(target: ZRewardModel, folder: Path) -> None:
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise damaged_checkpoint(folder, f"checkpoint weights do not match ({missing[:3]}, {unexpected[:3]})")
+
+
+def _load_adapter(target: nn.Module, file: Path) -> None:
+    """Load a LoRA checkpoint's adapters into ``target`` (adapters injected); every adapter weight of
+    ``target`` must be in the file, and nothing else; every problem names the file."""
+    from safetensors.torch import load_file
+
+    if not file.is_file() or file.stat().st_size == 0:
+        raise damaged_checkpoint(
+            file, "is missing or empty: a LoRA run's checkpoint keeps its adapters there"
+        )
+    try:
+        adapter = load_file(file)
+    except Exception as exc:  # SafetensorError (truncated, bad header) derives from Exception only
+        raise damaged_checkpoint(file, f"is not a readable safetensors file ({exc})") from None
+    bad = non_finite_tensors(adapter)
+    if bad:
+        raise damaged_checkpoint(file, f"holds NaN or infinite values in {bad[:3]}")
+    expected = {k for k in target.state_dict() if is_adapter_weight(k)}
+    if set(adapter) != expected:
+        missing, unexpected = sorted(expected - set(adapter)), sorted(set(adapter) - expected)
+        raise damaged_checkpoint(
+            file, f"does not hold this run's adapters (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    try:
+        target.load_state_dict(adapter, strict=False)
+    except RuntimeError as exc:  # shape mismatches (another lora_r)
+        raise damaged_checkpoint(
+            file, f"adapters do not fit the model ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def _load_into(target: Any, file: Path) -> None:
@@ -342,7 +386,10 @@ def load_checkpoint(
     """
     warn = logger.warning
     state = read_trainer_state(path)
-    _load_weights(model, path / MODEL_DIR)
+    if has_lora(model):  # the frozen base is the run's `model` already; model/ holds the merged weights
+        _load_adapter(model, path / ADAPTER_FILE)
+    else:
+        _load_weights(model, path / MODEL_DIR)
     for name, extra in (extra_models or {}).items():
         _load_weights(extra, path / name)
     _load_into(optimizer, path / "optimizer.pt")

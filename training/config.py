@@ -16,6 +16,7 @@ of the wrong type. The resolved config is written to ``output_dir/config.yaml`` 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -81,6 +82,11 @@ def require_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 LABEL_SOURCES = ("scores", "annotations", "auto")
+MIXED_PRECISIONS = ("no", "bf16")
+# The language model's attention and MLP projections: the names of the Qwen2 / Llama decoders of the
+# package's own models and of the Qwen2-VL, Qwen2.5-VL, Qwen3-VL and SmolVLM text models.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_EXTRA = "pip install 'zreward-deploy[lora]'"
 
 
 @dataclass
@@ -90,7 +96,8 @@ class TrainConfig:
     method: ClassVar[str] = "base"
     # Fields an earlier run in output_dir may be continued with other values of (docs/training.md §4):
     # the step budget, and fields that only decide how a run is watched, saved or placed; none changes
-    # what a step does to the weights. Any other difference is refused (training/run_rules.py).
+    # what a step does to the weights (and gradient_accumulation_steps, conditionally: resume_changeable).
+    # Any other difference is refused (training/run_rules.py).
     changeable_on_resume: ClassVar[tuple[str, ...]] = (
         "max_steps", "output_dir", "resume", "overwrite", "device", "num_threads", "log_every",
         "eval_every", "eval_split", "eval_at_end", "save_every", "keep_checkpoints", "progress",
@@ -142,8 +149,10 @@ class TrainConfig:
     model: str = field(
         default="preset:tiny",
         metadata=help_text(
-            "model to train: a model directory (config.json + safetensors) or 'preset:NAME' (a randomly "
-            "initialised preset of zreward_deploy.presets, built with `seed`)"
+            "model to train: a model directory (the package's, or a native Qwen2-VL / Qwen2.5-VL / Qwen3-VL / "
+            "SmolVLM checkpoint folder as published) or 'preset:NAME' (a randomly initialised preset of "
+            "zreward_deploy.presets, or 'preset:tiny-FAMILY' for a tiny native one, e.g. tiny-qwen2_5_vl; built "
+            "with `seed`)"
         ),
     )
     data: str = field(
@@ -202,6 +211,56 @@ class TrainConfig:
             "compute); the gradients are the same"
         ),
     )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata=help_text(
+            "split each process's share of the global batch into this many micro-batches (whole pairs "
+            "for GDSO/GRPO, whole items otherwise), each with its own forward and backward, and sum their "
+            "gradients into one clipped optimizer update: memory scales with the micro-batch, the update "
+            "is the whole batch's to fp32 rounding (each micro-batch's loss is weighted by its share of "
+            "the batch's normaliser: labelled entries, sequences or tokens). batch_size must be divisible "
+            "by it times the number of processes. May change on resume unless lora_dropout > 0"
+        ),
+    )
+    mixed_precision: str = field(
+        default="no",
+        metadata=help_text(
+            f"one of {MIXED_PRECISIONS}: 'bf16' runs the vision tower, projector and language model "
+            "under torch.autocast(bfloat16) (CPU or GPU) in training passes, rollout sampling and "
+            "frozen-model passes; weights, gradients, optimizer state and the saved model stay fp32, and "
+            "the score head (lm_head's score rows and their softmax), the reasoning tokens' log-softmax "
+            "and every loss run in fp32. fp16 is not offered (it needs loss scaling)"
+        ),
+    )
+    lora_r: int = field(
+        default=0,
+        metadata=help_text(
+            "LoRA rank; 0 = off (full training). > 0: peft LoRA adapters on the language model's "
+            "lora_target_modules, and only they train: the vision tower, projector, embeddings, norms "
+            "and lm_head (with the score-token rows the score head reads) stay frozen, bit for bit. "
+            "Checkpoints keep the adapters; output_dir/model is the merged, ordinary model (loads "
+            f"without peft). Needs the `lora` extra: {LORA_EXTRA}"
+        ),
+    )
+    lora_alpha: float = field(
+        default=16.0,
+        metadata=help_text("LoRA scale: an adapter adds (lora_alpha / lora_r) * B @ A to its layer's weight"),
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata=help_text(
+            "dropout on the adapters' inputs during training (0 = none); its masks come from the global "
+            "random generator, drawn per micro-batch"
+        ),
+    )
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        metadata=help_text(
+            "the language model's linear layers that get adapters, by the last part of their module "
+            "name (the vision tower's layers never do); the default, the attention and MLP projections, "
+            "fits the package's Qwen2/Llama language models and the Qwen-VL and SmolVLM text models"
+        ),
+    )
 
     # -- logging, evaluation, checkpoints --------------------------------------------------------------
     log_every: int = field(default=1, metadata=help_text("write a metrics.jsonl line every N steps"))
@@ -254,6 +313,40 @@ class TrainConfig:
             raise ConfigError("output_dir", "must not be empty")
         if self.dimensions is not None and not self.dimensions:
             raise ConfigError("dimensions", "must be null (all) or a non-empty list")
+        self._check_scale_options()
+
+    def _check_scale_options(self) -> None:
+        """gradient_accumulation_steps, mixed_precision and the LoRA fields (docs/training.md, "Real
+        model sizes")."""
+        require_at_least(self, 1, "gradient_accumulation_steps")
+        k = self.gradient_accumulation_steps
+        if self.batch_size % k:
+            raise ConfigError(
+                "gradient_accumulation_steps",
+                f"{k} does not divide batch_size {self.batch_size}: each update's batch is split into "
+                "equal micro-batches",
+            )
+        require_one_of("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        require_at_least(self, 0, "lora_r")
+        if not self.lora_alpha > 0:
+            raise ConfigError("lora_alpha", f"must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules or not all(
+            isinstance(m, str) and m.strip() for m in self.lora_target_modules
+        ):
+            raise ConfigError("lora_target_modules", "must be a non-empty list of module names")
+        if self.lora_r > 0 and importlib.util.find_spec("peft") is None:
+            raise ConfigError("lora_r", f"LoRA needs peft, which is not installed: {LORA_EXTRA}")
+
+    def resume_changeable(self) -> tuple[str, ...]:
+        """The fields an earlier run in output_dir may be continued with other values of:
+        :attr:`changeable_on_resume`, and ``gradient_accumulation_steps`` when no forward draws random
+        numbers (``lora_dropout == 0``), since then the update is the same whatever the split (to fp32
+        rounding, as for another number of processes)."""
+        if self.lora_dropout == 0:
+            return (*self.changeable_on_resume, "gradient_accumulation_steps")
+        return self.changeable_on_resume
 
     # -- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -25,14 +25,14 @@ def evaluate_scorer(scorer: Any, records: Sequence[Any], batch_size: int = 32) -
     return {k: float(ev.metrics[k]) for k in REPORTED_METRICS}
 
 
-def eval_records(cfg: TrainConfig, model: ZRewardModel, dims: Sequence[str]) -> list[Any]:
+def eval_records(cfg: TrainConfig, processor: ZRewardProcessor, dims: Sequence[str]) -> list[Any]:
     """``cfg.eval_split``'s records that carry a label in ``dims``, their labels limited to ``dims``
     (evaluate what was trained)."""
     import dataclasses
 
     from zreward_deploy.data import load_split
 
-    c = model.config
+    c = processor.config
     records = load_split(cfg.data, cfg.eval_split, scale=c.get_score_scale(), rubric=c.get_rubric())
     return [
         dataclasses.replace(
@@ -68,7 +68,7 @@ def evaluate_during_training(
             from zreward_deploy.scoring import Scorer
 
             scorer = Scorer(model, processor)
-        metrics = evaluate_scorer(scorer, eval_records(run.config, model, dims))
+        metrics = evaluate_scorer(scorer, eval_records(run.config, processor, dims))
         out = {f"{prefix}{k}": v for k, v in metrics.items()}
         model.train(was_training)
     run.barrier()

@@ -21,6 +21,11 @@
 * π_old's log-probs are those of the first inner update (π_θ = π_old then), detached and kept; π_ref is
   a frozen copy refreshed at each outer iteration and saved in checkpoints (it is not recoverable from
   π_θ); with β = 0 none is kept.
+* With ``gradient_accumulation_steps`` = k each inner update runs over k micro-batches of whole pairs
+  (the rollouts are sampled for the whole batch first). Each micro-batch's terms are weighted by its
+  share of the whole batch's normaliser: L_GRPO's by its share of the sequences (of the tokens with
+  ``normalization=token_mean``), L_CE's and L_gap's by its share of the pairs, so the summed gradients
+  are the one-batch update's.
 
 Defaults (the paper gives none, docs/method.md §3; common GRPO-family values would be G = 8, β ≈ 0.01–0.04,
 λ_pt = λ_pw = 0.5, α_pt ≈ α_pw ≈ 0.1–1, temperature 1.0, a guess of ours, not the paper's): G = 4 (8 doubles the cost of a step on a CPU for a small gain in
@@ -43,9 +48,10 @@ from .config import LABEL_SOURCES, ConfigError, help_text, require_at_least, req
 from .data import PairData, resolve_dimensions
 from .evaluate import evaluate_during_training
 from .loop import TrainLoop
-from .losses import NORMALIZATIONS, gdso_loss, pointwise_reward, policy_gradient_loss
+from .lora import plain_state_dict
+from .losses import NORMALIZATIONS, GDSOLoss, PolicyLoss, gdso_loss, pointwise_reward, policy_gradient_loss
 from .models import frozen_copy, load_model
-from .rollouts import PairRollout, frozen_pass, policy_logprobs, sample_pair_rollouts
+from .rollouts import PairRollout, frozen_pass, policy_logprobs, sample_pair_rollouts, sequence_share
 from .run import TrainResult, start_run
 from .sampling import RolloutConfig
 
@@ -134,8 +140,8 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
     if run.already_trained:
         return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
-    scale = model.config.get_score_scale()
-    records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=model.config.get_rubric())
+    scale = processor.config.get_score_scale()
+    records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=processor.config.get_rubric())
     dims = resolve_dimensions(processor, records, cfg.dimensions)
     data = PairData(records, processor, dims, label_source=cfg.label_source, min_gap=cfg.min_gap)
     ref = frozen_copy(model).to(run.device) if cfg.beta > 0 else None
@@ -158,13 +164,17 @@ def train_gdso(cfg: GDSOConfig) -> TrainResult:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             if ref is not None and loop.step % cfg.steps_per_iteration == 0:
-                ref.load_state_dict(model.state_dict())  # π_ref ← π_θ (Algorithm 1, outer loop)
+                ref.load_state_dict(plain_state_dict(model))  # π_ref ← π_θ (Algorithm 1, outer loop)
             global_batch = loop.sampler.next_batch()
             pairs = _sample_pairs(loop, cfg, data, global_batch, scale.range)
             sampled = time.perf_counter()
-            ref_logp = None
-            if ref is not None:
-                ref_logp = policy_logprobs(frozen_pass(ref, processor), pairs.rollout, run.device)[0]
+            ref_logp: list[torch.Tensor | None] = [None] * cfg.gradient_accumulation_steps
+            if ref is not None:  # per micro-batch, as the policy's log-probs are
+                ref_pass = frozen_pass(ref, processor, lambda: loop.autocast(ref))
+                ref_logp = [
+                    policy_logprobs(ref_pass, pairs.pairs(rows).rollout, run.device)[0]
+                    for rows in loop.micro_slices(pairs.num_pairs)
+                ]
             logs = _inner_updates(loop, cfg, policy_pass, pairs, ref_logp, scale.range)
             loop.step += 1
 
@@ -196,21 +206,22 @@ def _sample_pairs(
     from the step and the chunk's place in the global batch, not from the process."""
     run = loop.run
     offset = run.local_offset(global_batch)
-    return sample_pair_rollouts(
-        loop.model,
-        loop.processor,
-        data.batch(run.local(global_batch)),
-        cfg.group_size,
-        cfg,
-        chunk_size=cfg.rollout_chunk,
-        chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
-            cfg.seed, "rollout", s, o + start, dim
-        ),
-        score_range=score_range,
-        lambda_pt=cfg.lambda_pt,
-        lambda_pw=cfg.lambda_pw,
-        advantage_eps=cfg.advantage_eps,
-    )
+    with loop.autocast():  # mixed_precision: sampled under the autocast the training passes run under
+        return sample_pair_rollouts(
+            loop.model,
+            loop.processor,
+            data.batch(run.local(global_batch)),
+            cfg.group_size,
+            cfg,
+            chunk_size=cfg.rollout_chunk,
+            chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
+                cfg.seed, "rollout", s, o + start, dim
+            ),
+            score_range=score_range,
+            lambda_pt=cfg.lambda_pt,
+            lambda_pw=cfg.lambda_pw,
+            advantage_eps=cfg.advantage_eps,
+        )
 
 
 def _inner_updates(
@@ -218,67 +229,92 @@ def _inner_updates(
     cfg: GDSOConfig,
     policy_pass: Any,
     pairs: PairRollout,
-    ref_logp: torch.Tensor | None,
+    ref_logp: list[torch.Tensor | None],
     score_range: float,
 ) -> dict[str, float]:
-    """K_gdso updates on one sampled batch. Logs the loss terms of the first update (taken at
-    π_θ = π_old, so they are the on-policy values of the step) and those of the last one."""
-    device = loop.run.device
-    mask = pairs.rollout.policy_mask.to(device)
-    advantages = pairs.advantages.reshape(-1).to(device)  # rows (pair, side, sample), like the rollout
-    old_logp = None
+    """K_gdso updates on one sampled batch, each over the micro-batches of ``loop.micro_batches``
+    (``ref_logp``: π_ref's log-probs per micro-batch, or ``None`` each). Logs the loss terms of the first
+    update (taken at π_θ = π_old, so they are the on-policy values of the step) and those of the last
+    one, each over the whole batch."""
+    whole_mask = pairs.rollout.policy_mask
+    old_logp: list[torch.Tensor | None] = [None] * len(ref_logp)  # π_old's, per micro-batch
     logs: dict[str, float] = {}
     for k in range(cfg.inner_updates):
-        token_logp, log_q, mu = policy_logprobs(policy_pass, pairs.rollout, device)
-        pg = policy_gradient_loss(
-            token_logp,
-            advantages,
-            mask,
-            old_logp=old_logp,
-            ref_logp=None if ref_logp is None else ref_logp.to(device),
-            beta=cfg.beta,
-            eps_low=cfg.eps_low,
-            eps_high=cfg.eps_high,
-            normalization=cfg.normalization,
-        )
-        if old_logp is None:  # first update: π_θ = π_old, so these are π_old's log-probs
-            old_logp = token_logp.detach()
-        log_q_w, log_q_l = pairs.split_sides(log_q)
-        mu_w, mu_l = pairs.split_sides(mu)
-        terms = gdso_loss(
-            pg.loss,
-            log_q_w=log_q_w,
-            log_q_l=log_q_l,
-            target_w=pairs.target_w.to(device),
-            target_l=pairs.target_l.to(device),
-            mu_w=mu_w,
-            mu_l=mu_l,
-            label_w=pairs.label_w.to(device),
-            label_l=pairs.label_l.to(device),
-            score_range=score_range,
-            alpha_pt=cfg.alpha_pt,
-            alpha_pw=cfg.alpha_pw,
-        )
-        grad_norm, lr = loop.update(terms.total)
+        step: dict[str, float] = dict.fromkeys(("loss", "grpo", "policy", "kl", "ce", "gap", "clip"), 0.0)
+        for i, rows in enumerate(loop.micro_batches(pairs.num_pairs)):
+            part = pairs.pairs(rows)
+            part_mask = part.rollout.policy_mask
+            w_pg = sequence_share(part_mask, whole_mask, cfg.normalization)
+            w_pair = part.num_pairs / pairs.num_pairs
+            terms, pg, token_logp = _micro_batch_terms(
+                loop, cfg, policy_pass, part, old_logp[i], ref_logp[i], score_range, w_pg, w_pair
+            )
+            if old_logp[i] is None:  # first update: π_θ = π_old, so these are π_old's log-probs
+                old_logp[i] = token_logp.detach()
+            loop.backward(terms.total)
+            tokens = sequence_share(part_mask, whole_mask, "token_mean")
+            for key, value, weight in (
+                ("loss", terms.total, 1.0), ("grpo", terms.grpo, 1.0), ("policy", pg.policy, w_pg),
+                ("kl", pg.kl, w_pg), ("ce", terms.ce, w_pair), ("gap", terms.gap, w_pair),
+                ("clip", pg.clip_fraction, tokens),
+            ):  # fmt: skip
+                step[key] += weight * float(value.detach())
+        grad_norm, lr = loop.update()
         if k == 0:
-            logs = {
-                "loss": float(terms.total.detach()),
-                "grpo": float(terms.grpo.detach()),
-                "policy": float(pg.policy.detach()),
-                "kl": float(pg.kl.detach()),
-                "ce": float(terms.ce.detach()),
-                "gap": float(terms.gap.detach()),
-                "grad_norm": grad_norm,
-                "lr": lr,
-            }
+            logs = {key: step[key] for key in ("loss", "grpo", "policy", "kl", "ce", "gap")}
+            logs.update(grad_norm=grad_norm, lr=lr)
     # the last update's terms: off-policy (ratio ≠ 1) once K > 1, so the clip and the KL show here
     logs.update(
-        loss_last=float(terms.total.detach()),
-        policy_last=float(pg.policy.detach()),
-        kl_last=float(pg.kl.detach()),
-        clip_fraction=float(pg.clip_fraction),
+        loss_last=step["loss"], policy_last=step["policy"], kl_last=step["kl"], clip_fraction=step["clip"]
     )
     return logs
+
+
+def _micro_batch_terms(
+    loop: TrainLoop,
+    cfg: GDSOConfig,
+    policy_pass: Any,
+    part: PairRollout,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    score_range: float,
+    w_pg: float,
+    w_pair: float,
+) -> tuple[GDSOLoss, PolicyLoss, torch.Tensor]:
+    """One micro-batch's loss under π_θ: ``total = w_pg·L_GRPO + w_pair·(α_pt L_CE + α_pw L_gap)`` (its
+    share of the whole batch's L; with one micro-batch both weights are 1 and nothing is rescaled), with
+    ``grpo`` weighted likewise and ``ce``, ``gap`` as computed. Returns also the policy terms and the
+    token log-probs."""
+    device = loop.run.device
+    token_logp, log_q, mu = policy_logprobs(policy_pass, part.rollout, device)
+    pg = policy_gradient_loss(
+        token_logp,
+        part.advantages.reshape(-1).to(device),  # rows (pair, side, sample), like the rollout
+        part.rollout.policy_mask.to(device),
+        old_logp=old_logp,
+        ref_logp=None if ref_logp is None else ref_logp.to(device),
+        beta=cfg.beta,
+        eps_low=cfg.eps_low,
+        eps_high=cfg.eps_high,
+        normalization=cfg.normalization,
+    )
+    log_q_w, log_q_l = part.split_sides(log_q)
+    mu_w, mu_l = part.split_sides(mu)
+    terms = gdso_loss(
+        pg.loss if w_pg == 1.0 else pg.loss * w_pg,
+        log_q_w=log_q_w,
+        log_q_l=log_q_l,
+        target_w=part.target_w.to(device),
+        target_l=part.target_l.to(device),
+        mu_w=mu_w,
+        mu_l=mu_l,
+        label_w=part.label_w.to(device),
+        label_l=part.label_l.to(device),
+        score_range=score_range,
+        alpha_pt=cfg.alpha_pt * w_pair,
+        alpha_pw=cfg.alpha_pw * w_pair,
+    )
+    return terms, pg, token_logp
 
 
 def _rollout_stats(pairs: PairRollout, score_range: float) -> dict[str, float]:

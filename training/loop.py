@@ -5,6 +5,11 @@ optimizer update, the metrics row, checkpoints, and the final model.
 What a run refuses (docs/training.md §4): a non-finite loss or gradient norm stops the run
 (:class:`~.config.NonFiniteLossError`) before the optimizer applies the update; non-finite weights are
 never saved.
+
+One optimizer update is ``gradient_accumulation_steps`` micro-batches (:meth:`TrainLoop.micro_batches`),
+each a forward and a :meth:`TrainLoop.backward`, then :meth:`TrainLoop.update`: the trainers weight each
+micro-batch's loss by its share of the whole batch's normaliser, so the summed gradients are the whole
+batch's (docs/training.md, "Real model sizes").
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ from .checkpoints import (
     save_checkpoint,
     unwrapped_state_dict,
 )
-from .config import NonFiniteLossError, TrainConfig
+from .config import ConfigError, NonFiniteLossError, TrainConfig
 from .data import ImageCache
 from .evaluate import evaluate_during_training
-from .models import TrainingForward
+from .lora import adapter_state_dict, apply_lora, merged_state_dict
+from .models import TrainingForward, backbone_autocast
 from .run import Run, TrainResult
 from .run_rules import TrainingInterrupted, interrupted_message, training_record
 
@@ -95,8 +101,11 @@ class EpochSampler:
 
 
 def apply_memory_options(model: ZRewardModel, cfg: TrainConfig) -> None:
-    """``freeze_vision``: the vision tower stops requiring gradients (so :func:`build_optimizer` leaves it
+    """``lora_r > 0``: LoRA adapters on the language model, everything else frozen (:mod:`.lora`);
+    ``freeze_vision``: the vision tower stops requiring gradients (so :func:`build_optimizer` leaves it
     out); ``gradient_checkpointing``: non-reentrant activation checkpointing in the towers' layers."""
+    if cfg.lora_r:
+        apply_lora(model, cfg)
     if cfg.freeze_vision:
         model.vision_tower.requires_grad_(False)
     if cfg.gradient_checkpointing:
@@ -195,6 +204,7 @@ class TrainLoop:
     # the rubric dimensions the data trains (what the saved models' training record names)
     trained_dimensions: list[str] = field(default_factory=list)
     start_step: int = 0  # the step this run started (or resumed) at
+    _bad_loss: float | None = None  # the first non-finite micro-batch loss since the last update
 
     @classmethod
     def start(
@@ -221,6 +231,17 @@ class TrainLoop:
         if skipped and run.is_main:
             logger.warning(images.describe_skipped())
         extra_models = dict(extra_models or {})
+        per_process = cfg.batch_size // run.world_size
+        if per_process % cfg.gradient_accumulation_steps:
+            raise ConfigError(
+                "gradient_accumulation_steps",
+                f"{cfg.gradient_accumulation_steps} does not divide the {per_process} items each of "
+                f"{run.world_size} processes takes from batch_size {cfg.batch_size}",
+            )
+        if cfg.mixed_precision == "bf16" and run.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                "mixed_precision", "bf16 needs a GPU with bfloat16 support (Ampere or newer); use 'no'"
+            )
         sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
         apply_memory_options(model, cfg)
         optimizer = build_optimizer(model, cfg)
@@ -238,7 +259,8 @@ class TrainLoop:
                     run.resume_from / TRAINER_STATE, "holds no valid data-order position"
                 ) from None
         model.train()
-        wrapped, optimizer = run.accelerator.prepare(TrainingForward(model, processor), optimizer)
+        forward = TrainingForward(model, processor, cfg.mixed_precision)
+        wrapped, optimizer = run.accelerator.prepare(forward, optimizer)
         return cls(
             run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step,
             last_checkpoint=run.resume_from, skipped_items=skipped,
@@ -287,30 +309,65 @@ class TrainLoop:
         from zreward_deploy.config import check_training_record
 
         record = training_record(self.run.config, self.trained_dimensions, self.step, metrics)
-        self.model.config.training = check_training_record(record)
+        self.processor.config.training = check_training_record(record)
 
-    def update(self, loss: torch.Tensor) -> tuple[float, float]:
-        """Backward, clip, one optimizer and schedule step. Returns (grad norm before clipping, the lr
-        this update used).
+    def micro_batches(self, size: int) -> Iterator[slice]:
+        """This process's ``size`` rows (items, or pairs) as ``gradient_accumulation_steps`` contiguous
+        slices of equal length, for one optimizer update: the caller runs a forward and :meth:`backward`
+        on each. Under DDP every backward but the last skips the gradient all-reduce (``no_sync``), so the
+        gradients summed locally are reduced once."""
+        parts = self.micro_slices(size)
+        for i, rows in enumerate(parts):
+            last = i == len(parts) - 1
+            sync = contextlib.nullcontext() if last else self.run.accelerator.no_sync(self.wrapped)
+            with sync:
+                yield rows
+
+    def micro_slices(self, size: int) -> list[slice]:
+        """The micro-batches of :meth:`micro_batches` as slices (for passes without gradients, e.g. a
+        frozen model's log-probs computed per micro-batch ahead of the updates)."""
+        k = self.run.config.gradient_accumulation_steps
+        per = size // k
+        return [slice(i * per, size if i == k - 1 else (i + 1) * per) for i in range(k)]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss, its gradients added to the ones before; a NaN or infinite
+        loss is remembered for :meth:`update` (which refuses the step), not raised here: every process must
+        run the same backward passes, DDP's all-reduce being collective."""
+        self.run.accelerator.backward(loss)
+        if self._bad_loss is None and not bool(torch.isfinite(loss.detach()).all()):
+            self._bad_loss = float(loss.detach().float().sum())
+
+    def autocast(self, model: nn.Module | None = None) -> contextlib.AbstractContextManager[None]:
+        """``mixed_precision`` for a pass outside the wrapped forward (rollout sampling, a frozen model):
+        :func:`~.models.backbone_autocast` of ``model`` (default: the trained one)."""
+        return backbone_autocast(self.model if model is None else model, self.run.config.mixed_precision)
+
+    def update(self, loss: torch.Tensor | None = None) -> tuple[float, float]:
+        """Clip, one optimizer and schedule step over the gradients of the :meth:`backward` calls since
+        the last update (with ``loss``, its backward first: the one-micro-batch form). Returns (grad
+        norm before clipping, the lr this update used).
 
         Raises:
-            NonFiniteLossError: the loss (on any process) or the global gradient norm is NaN or infinite.
-                The optimizer and the schedule are not stepped, so the weights keep their last finite
-                values; nothing is saved after that (the trainers stop at the error).
+            NonFiniteLossError: a loss (of any micro-batch, on any process) or the global gradient norm
+                is NaN or infinite. The optimizer and the schedule are not stepped, so the weights keep
+                their last finite values; nothing is saved after that (the trainers stop at the error).
         """
         run = self.run
-        # backward on every process even for a bad loss: DDP's gradient all-reduce is collective
-        run.accelerator.backward(loss)
+        if loss is not None:
+            # backward on every process even for a bad loss: DDP's gradient all-reduce is collective
+            self.backward(loss)
+        bad_loss, self._bad_loss = self._bad_loss, None
         grad_norm = grad_norm_and_clip(run, self.wrapped, run.config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        loss_ok = bool(torch.isfinite(loss.detach()).all())
+        loss_ok = bad_loss is None
         # the gradient norm is global already; the loss is each process's own, so every process must
         # learn whether any loss was bad, or one would stop while the others wait in the next all-reduce
         any_bad_loss = not loss_ok if run.world_size == 1 else float(run.global_count(float(not loss_ok))) > 0
         if any_bad_loss or not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             if not loss_ok:
-                what = f"the loss is {float(loss.detach().float().sum())}"
+                what = f"the loss is {bad_loss}"
             elif any_bad_loss:
                 what = "the loss is NaN or infinite on another process"
             else:
@@ -375,6 +432,8 @@ class TrainLoop:
         cfg = self.run.config
         if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
             weights = self._finite_weights("checkpoint")
+            adapter = adapter_state_dict(weights) if cfg.lora_r else None
+            weights = merged_state_dict(self.model, weights)
             self.set_training_record()
             self.last_checkpoint = save_checkpoint(
                 self.run.accelerator,
@@ -389,6 +448,7 @@ class TrainLoop:
                 keep=cfg.keep_checkpoints,
                 extra_models=self.extra_models,
                 weights=weights,
+                adapter=adapter,
             )
 
     def finish(
@@ -398,7 +458,7 @@ class TrainLoop:
         ``reasoning``), save them to ``output_dir/model`` (atomically) with their training record (the
         final metrics included), close the logs."""
         run = self.run
-        weights = self._finite_weights("final model")
+        weights = merged_state_dict(self.model, self._finite_weights("final model"))
         model_dir = run.output_dir / MODEL_DIR
         final_eval = None
         if run.config.eval_at_end:

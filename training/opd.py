@@ -11,6 +11,10 @@ Per step, for a batch of (image, prompt, dimension) items (labels not needed):
    and loss ``−(1/T) Σ_t A_t log π_S(y_t | y_<t)`` (:func:`~.losses.opd_loss`), one update per batch
    (π_S,old = π_S at that update, so this is on-policy).
 
+With ``gradient_accumulation_steps`` = k, steps 2–3 run on k micro-batches of whole items (the traces are
+sampled for the whole batch first), each loss weighted by the micro-batch's share of the batch's
+sequences (the loss is a mean over sequences), so the summed gradients are the one-batch update's.
+
 The OPD student still reasons at inference (scored like a teacher, ``ReasoningScorer``). Teacher and
 student must share the tokenizer and the score scale (the teacher scores the student's token ids);
 the teacher sees the student's images resized to its own resolution.
@@ -31,7 +35,7 @@ from .evaluate import evaluate_during_training
 from .loop import TrainLoop
 from .losses import opd_advantages, opd_loss
 from .models import frozen_copy, load_model
-from .rollouts import Rollout, frozen_pass, policy_logprobs, sample_item_rollouts
+from .rollouts import Rollout, frozen_pass, policy_logprobs, sample_item_rollouts, sequence_share
 from .run import TrainResult, start_run
 from .sampling import RolloutConfig, sampling_field
 
@@ -76,7 +80,7 @@ class OPDConfig(RolloutConfig):
 def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> None:
     if s_proc.tokenizer.get_vocab() != t_proc.tokenizer.get_vocab():
         raise ConfigError("teacher", "OPD needs the teacher to share the student's tokenizer")
-    if student.config.get_score_scale() != teacher.config.get_score_scale():
+    if s_proc.config.get_score_scale() != t_proc.config.get_score_scale():
         raise ConfigError("teacher", "OPD needs the teacher to share the student's score scale")
 
 
@@ -86,14 +90,58 @@ def _sample_student(loop: TrainLoop, cfg: OPDConfig, data: ItemData, global_batc
     batch, not from the process."""
     run = loop.run
     offset = run.local_offset(global_batch)
-    return sample_item_rollouts(
-        loop.model,
-        loop.processor,
-        data.batch(run.local(global_batch)),
-        cfg,
-        chunk_size=cfg.rollout_chunk,
-        chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(cfg.seed, "opd", s, o + start, dim),
-    )
+    with loop.autocast():
+        return sample_item_rollouts(
+            loop.model,
+            loop.processor,
+            data.batch(run.local(global_batch)),
+            cfg,
+            chunk_size=cfg.rollout_chunk,
+            chunk_seed=lambda start, dim, o=offset, s=loop.step: derive_seed(
+                cfg.seed, "opd", s, o + start, dim
+            ),
+        )
+
+
+def _distil(
+    loop: TrainLoop, cfg: OPDConfig, teacher_pass: Any, t_proc: Any, rollout: Rollout
+) -> dict[str, float]:
+    """One update's micro-batches (forward of teacher and student, advantages, backward of each one's
+    share of the loss). Returns the step's loss and statistics over the whole batch; with one
+    micro-batch they are computed exactly as without accumulation."""
+    device = loop.run.device
+    whole = rollout.policy_mask
+    valid = whole.sum().clamp(min=1).to(device)
+    stats = dict.fromkeys(("loss", "advantage_mean", "teacher_mu_mae", "score_token_advantage"), 0.0)
+    for rows in loop.micro_batches(len(rollout)):
+        part = rollout.rows(rows)
+        mask = part.policy_mask.to(device)
+        teacher_logp, _, teacher_mu = policy_logprobs(teacher_pass, part, device, t_proc)
+        student_logp, _, student_mu = policy_logprobs(_student_pass(loop), part, device)
+        advantages = opd_advantages(teacher_logp, student_logp.detach(), mask)
+        share = sequence_share(part.policy_mask, whole, "sequence_mean")
+        loss = opd_loss(student_logp, advantages, mask)
+        loss = loss if share == 1.0 else loss * share
+        loop.backward(loss)
+        row_share = len(part) / len(rollout)  # of the per-row means
+        stats["loss"] += float(loss.detach())
+        # mean over tokens of log π_T − log π_S: minus a per-token reverse-KL estimate
+        stats["advantage_mean"] += float(advantages.sum() / valid)
+        stats["teacher_mu_mae"] += row_share * float((student_mu.detach() - teacher_mu).abs().mean())
+        if cfg.include_score_token:
+            stats["score_token_advantage"] += row_share * float(advantages[:, -1].mean())
+    if not cfg.include_score_token:
+        del stats["score_token_advantage"]
+    return stats
+
+
+def _student_pass(loop: TrainLoop) -> Any:
+    """The student's teacher-forced pass through the wrapped (DDP-visible) forward."""
+
+    def student_pass(**inputs: Any) -> Any:
+        return loop.wrapped("teacher", **inputs)
+
+    return student_pass
 
 
 def train_opd(cfg: OPDConfig) -> TrainResult:
@@ -106,7 +154,10 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     teacher = frozen_copy(teacher).to(run.device)
     _check_compatible(model, processor, teacher, t_proc)
     records = load_split(
-        cfg.data, cfg.train_split, scale=model.config.get_score_scale(), rubric=model.config.get_rubric()
+        cfg.data,
+        cfg.train_split,
+        scale=processor.config.get_score_scale(),
+        rubric=processor.config.get_rubric(),
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
     data = ItemData(records, processor, dims)
@@ -114,35 +165,19 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
         run, model, processor, len(data), total_updates=cfg.max_steps, images=data.images,
         trained_dimensions=data.trained_dimensions,
     )  # fmt: skip
-    teacher_pass = frozen_pass(teacher, t_proc)
-
-    def student_pass(**inputs: Any) -> Any:
-        return loop.wrapped("teacher", **inputs)
+    teacher_pass = frozen_pass(teacher, t_proc, lambda: loop.autocast(teacher))
 
     with loop.progress() as bar:
         while loop.step < cfg.max_steps:
             started = time.perf_counter()
             global_batch = loop.sampler.next_batch()
             rollout = _sample_student(loop, cfg, data, global_batch)
-            mask = rollout.policy_mask.to(run.device)
-            teacher_logp, _, teacher_mu = policy_logprobs(teacher_pass, rollout, run.device, t_proc)
-            student_logp, _, student_mu = policy_logprobs(student_pass, rollout, run.device)
-            advantages = opd_advantages(teacher_logp, student_logp.detach(), mask)
-            loss = opd_loss(student_logp, advantages, mask)
-            grad_norm, lr = loop.update(loss)
+            stats = _distil(loop, cfg, teacher_pass, t_proc, rollout)
+            grad_norm, lr = loop.update()
             loop.step += 1
 
             if loop.log_due:
-                valid = mask.sum().clamp(min=1)
-                stats = {
-                    "loss": float(loss.detach()),
-                    # mean over tokens of log π_T − log π_S: minus a per-token reverse-KL estimate
-                    "advantage_mean": float(advantages.sum() / valid),
-                    "teacher_mu_mae": float((student_mu.detach() - teacher_mu).abs().mean()),
-                    "reasoning_len": float(rollout.reasoning_mask.sum(1).float().mean()),
-                }
-                if cfg.include_score_token:
-                    stats["score_token_advantage"] = float(advantages[:, -1].mean())
+                stats["reasoning_len"] = float(rollout.reasoning_mask.sum(1).float().mean())
                 row = run.mean_over_processes(stats)
                 elapsed = time.perf_counter() - started
                 tokens = run.global_count(rollout.num_generated_tokens)

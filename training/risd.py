@@ -132,7 +132,7 @@ def build_teacher_cache(
                 out.probs.detach().cpu().double().reshape(len(chunk), n, -1).mean(1)
             )  # average over n traces
             lengths = out.reasoning_mask.sum(1).reshape(len(chunk), n).sum(1)
-            values = torch.tensor(teacher.config.get_score_scale().values, dtype=torch.float64)
+            values = torch.tensor(processor.config.get_score_scale().values, dtype=torch.float64)
             for r, q, t in zip(chunk, probs, lengths, strict=True):
                 lines.append(
                     json.dumps(
@@ -234,16 +234,19 @@ def train_risd(cfg: RISDConfig) -> TrainResult:
         return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     records = load_split(
-        cfg.data, cfg.train_split, scale=model.config.get_score_scale(), rubric=model.config.get_rubric()
+        cfg.data,
+        cfg.train_split,
+        scale=processor.config.get_score_scale(),
+        rubric=processor.config.get_rubric(),
     )
     dims = resolve_dimensions(processor, None, cfg.dimensions)
     # decode first: the teacher cache covers only the records the student can train on (an undecodable
     # image would otherwise stop the teacher's generation, then be skipped by the student anyway)
     images = ImageCache(records, processor)
     targets = prepare_targets(run, cfg, images.records, dims)
-    k = model.config.get_score_scale().num_scores
+    k = processor.config.get_score_scale().num_scores
     if any(q.numel() != k for q in targets.values()):
         raise ConfigError("teacher", f"the teacher's score scale does not have the student's {k} values")
     data = StudentData(images, processor, dims, targets=targets)
-    loss = make_risd_loss(model.config.get_score_scale().values)
+    loss = make_risd_loss(processor.config.get_score_scale().values)
     return run_student_loop(run, model, processor, data, loss, loss_name="kl")

@@ -30,6 +30,8 @@ reshape to ``[B, 2, G]``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +85,11 @@ class Rollout:
     def num_generated_tokens(self) -> int:
         return int(self.reasoning_mask.sum())
 
+    def rows(self, rows: slice) -> Rollout:
+        """Rows ``rows`` of the rollout (a micro-batch): the padded width stays the whole rollout's, so a
+        row's tensors are the same as in the whole."""
+        return Rollout(**{f.name: _take(getattr(self, f.name), rows) for f in dataclasses.fields(self)})
+
     @property
     def policy_mask(self) -> torch.Tensor:
         """``[N, T(+1)]`` the tokens of the policy-gradient term: the reasoning tokens, plus the sampled
@@ -105,6 +112,25 @@ class Rollout:
             "reasoning_mask": self.reasoning_mask.to(device),
             "finished": self.finished.to(device),
         }
+
+
+def _take(value: Any, rows: slice) -> Any:
+    return None if value is None else value[rows]
+
+
+def sequence_share(part: torch.Tensor, whole: torch.Tensor, normalization: str) -> float:
+    """The share of a policy loss's normaliser (``training.losses._aggregate``) that the rows of ``part``
+    hold: of the tokens for ``"token_mean"``, else of the sequences with at least one valid token.
+    ``part`` and ``whole`` are ``[n, T]`` policy masks. Weighting a micro-batch's loss by its share makes
+    the micro-batches' sum the whole batch's loss (1.0 when ``part`` is all of it)."""
+    if part.shape[0] == whole.shape[0]:
+        return 1.0
+    if normalization == "token_mean":
+        return float(part.sum()) / max(float(whole.sum()), 1.0)
+    counted = (whole.sum(-1) > 0).sum()
+    if counted == 0:  # no valid token anywhere: every part's loss is 0
+        return part.shape[0] / whole.shape[0]
+    return float((part.sum(-1) > 0).sum()) / float(counted)
 
 
 Group = tuple[torch.Tensor, str, str]  # (images [k, 3, S, S] in [0, 1], prompt, dimension)
@@ -249,12 +275,18 @@ def policy_logprobs(
     return token_logp, log_q, scores.mean[:, 0]
 
 
-def frozen_pass(model: ZRewardModel, processor: ZRewardProcessor) -> TeacherPass:
-    """A no-grad :data:`TeacherPass` over a frozen model (π_ref, or the OPD teacher)."""
+def frozen_pass(
+    model: ZRewardModel,
+    processor: ZRewardProcessor,
+    precision: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+) -> TeacherPass:
+    """A no-grad :data:`TeacherPass` over a frozen model (π_ref, or the OPD teacher); each pass runs inside
+    ``precision()`` (the run's ``mixed_precision`` for that model, e.g. ``lambda: loop.autocast(ref)``)."""
 
     @torch.no_grad()
     def run(**inputs: Any) -> tuple[torch.Tensor, ZRewardOutput]:
-        return teacher_forward(model, processor, **inputs, return_logprobs=True)
+        with precision():
+            return teacher_forward(model, processor, **inputs, return_logprobs=True)
 
     return run
 
@@ -287,6 +319,17 @@ class PairRollout:
     @property
     def num_pairs(self) -> int:
         return self.label_w.shape[0]
+
+    def pairs(self, rows: slice) -> PairRollout:
+        """Pairs ``rows`` (a micro-batch of whole pairs: both sides, all G samples, their advantages)."""
+        per_pair = 2 * self.group_size
+        start, stop, _ = rows.indices(self.num_pairs)
+        return dataclasses.replace(
+            self,
+            rollout=self.rollout.rows(slice(start * per_pair, stop * per_pair)),
+            **{f: getattr(self, f)[rows] for f in ("label_w", "label_l", "target_w", "target_l", "rewards",
+                                                   "advantages")},
+        )  # fmt: skip
 
     def split_sides(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, ...]`` rows -> the w and l halves, each ``[B, G, ...]``."""

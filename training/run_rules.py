@@ -79,7 +79,8 @@ def _comparable(name: str, value: Any) -> Any:
 
 
 def config_changes(cfg: TrainConfig, saved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{field: (saved value, new value)}`` for every field that differs and may not change on resume.
+    """``{field: (saved value, new value)}`` for every field that differs and may not change on resume
+    (:meth:`~.config.TrainConfig.resume_changeable`).
 
     A field the saved file lacks (written before the field existed) counts as its default; a saved key
     this config does not know is not compared (nothing in this version reads it).
@@ -91,8 +92,9 @@ def config_changes(cfg: TrainConfig, saved: Mapping[str, Any]) -> dict[str, tupl
     if saved.get("method") != cfg.method:
         changes["method"] = (saved.get("method"), cfg.method)
     hints = typing.get_type_hints(type(cfg))
+    changeable = cfg.resume_changeable()
     for f in dataclasses.fields(cfg):
-        if f.name in cfg.changeable_on_resume:
+        if f.name in changeable:
             continue
         new = getattr(cfg, f.name)
         if f.name in saved:

@@ -67,7 +67,7 @@ def train_sft(cfg: SFTConfig) -> TrainResult:
     if run.already_trained:
         return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
-    config = model.config
+    config = processor.config  # the rubric and scale (a native model's HF config has neither)
     records = load_split(
         cfg.data, cfg.train_split, scale=config.get_score_scale(), rubric=config.get_rubric()
     )

@@ -5,8 +5,9 @@ metrics. The trainers differ only in the data's targets and the loss (:data:`Stu
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -18,8 +19,38 @@ from .evaluate import evaluate_during_training
 from .loop import TrainLoop
 from .run import Run, TrainResult
 
-# (out, batch) -> (sum of the per-entry loss over this process's labelled entries, scalar logs)
+# (out, batch) -> (sum of the per-entry loss over the batch's labelled entries, scalar logs, each a mean
+# over those entries)
 StudentLoss = Callable[[ZRewardOutput, StudentBatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def micro_batch_loss(loss_sum: torch.Tensor, n_global: torch.Tensor, world_size: int) -> torch.Tensor:
+    """One micro-batch's share of the step's loss: its summed per-entry loss divided by ``n_global``, the
+    labelled entries of the whole global batch (not of the micro-batch: micro-batches hold different
+    numbers of labelled entries, and a mean per micro-batch would weigh their entries unequally), times
+    the number of processes because DDP averages gradients. The shares sum to the global mean."""
+    return loss_sum * world_size / n_global.clamp(min=1)
+
+
+def batch_rows(batch: StudentBatch, rows: slice) -> StudentBatch:
+    """Rows ``rows`` of a student batch (a micro-batch; the padded width stays the batch's)."""
+    return dataclasses.replace(
+        batch,
+        ids=batch.ids[rows],
+        **{
+            f: getattr(batch, f)[rows]
+            for f in ("pixel_values", "input_ids", "attention_mask", "labels", "mask", "targets")
+        },
+    )
+
+
+def entry_weighted(logs: Sequence[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Per-micro-batch logs (means over their labelled entries) as means over all of them: weighted by
+    each micro-batch's number of labelled entries. One micro-batch: its logs as they are."""
+    if len(logs) == 1:
+        return dict(logs[0][0])
+    total = sum(n for _, n in logs)
+    return {k: sum(v[k] * n for v, n in logs) / max(total, 1) for k in logs[0][0]}
 
 
 def run_student_loop(
@@ -33,10 +64,11 @@ def run_student_loop(
     """The student training loop (SFT and RISD): one-pass scoring of all dimensions, a masked loss
     averaged over the labelled entries of the *global* batch, AdamW, checkpoints, metrics.
 
-    Per step: global batch of indices → this process's slice → forward → ``loss_fn`` gives the summed
-    per-entry loss over the local labelled entries; dividing by the global count (times the number of
-    processes, because DDP averages gradients) makes the update the global mean's gradient whatever the
-    split.
+    Per step: global batch of indices → this process's slice → ``gradient_accumulation_steps``
+    micro-batches, each a forward, ``loss_fn`` (the summed per-entry loss over its labelled entries) and a
+    backward of :func:`micro_batch_loss`; dividing by the global count (times the number of processes,
+    because DDP averages gradients) makes the update the global mean's gradient whatever the split into
+    processes and micro-batches.
     """
     cfg = run.config
     loop = TrainLoop.start(
@@ -50,21 +82,28 @@ def run_student_loop(
             started = time.perf_counter()
             global_batch = loop.sampler.next_batch()
             batch = data.batch(run.local(global_batch))
-            out = loop.wrapped(
-                "student",
-                pixel_values=batch.pixel_values.to(run.device),
-                input_ids=batch.input_ids.to(run.device),
-                attention_mask=batch.attention_mask.to(run.device),
-                suffix_ids=suffix_ids,
-            )
-            loss_sum, extra = loss_fn(out, batch)
             n_global = run.global_count(batch.mask.sum())
-            loss = loss_sum * run.world_size / n_global.clamp(min=1)
-            grad_norm, lr = loop.update(loss)
+            loss = torch.zeros((), device=run.device)  # the step's loss: the micro-batches' shares summed
+            logs: list[tuple[dict[str, float], int]] = []
+            for rows in loop.micro_batches(len(batch.ids)):
+                micro = batch_rows(batch, rows)
+                out = loop.wrapped(
+                    "student",
+                    pixel_values=micro.pixel_values.to(run.device),
+                    input_ids=micro.input_ids.to(run.device),
+                    attention_mask=micro.attention_mask.to(run.device),
+                    suffix_ids=suffix_ids,
+                )
+                loss_sum, extra = loss_fn(out, micro)
+                micro_loss = micro_batch_loss(loss_sum, n_global, run.world_size)
+                loop.backward(micro_loss)
+                loss = loss + micro_loss.detach()
+                logs.append((extra, int(micro.mask.sum())))
+            grad_norm, lr = loop.update()
             loop.step += 1
 
             if loop.log_due:
-                logged = run.mean_over_processes({loss_name: float(loss.detach()), **extra})
+                logged = run.mean_over_processes({loss_name: float(loss), **entry_weighted(logs)})
                 elapsed = time.perf_counter() - started
                 row = {
                     **logged,
