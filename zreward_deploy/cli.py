@@ -25,6 +25,7 @@ from .errors import MissingDependencyError, ZRewardInputError
 COMMAND_MODULES: tuple[str, ...] = (
     "zreward_deploy.commands.demo",
     "zreward_deploy.commands.score",
+    "zreward_deploy.commands.serve",
     "zreward_deploy.commands.model",
     "zreward_deploy.commands.data",
     "zreward_deploy.commands.eval",

@@ -51,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(resolution, ResolutionBenchConfig, space_separated=True)
     resolution.set_defaults(func=run_resolution)
 
+    from zreward_deploy.bench.bench_serve import ServeBenchConfig
+
+    serve = sub.add_parser(
+        "serve",
+        help="load on zreward serve: micro-batched vs per-request throughput and latency, then an overload run",
+    )
+    add_dataclass_arguments(serve, ServeBenchConfig)
+    serve.set_defaults(func=run_serve)
+
 
 def run_parity(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_parity import ParityBenchConfig, report
@@ -81,4 +90,11 @@ def run_resolution(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_resolution import ResolutionBenchConfig, report
 
     report(dataclass_from_namespace(ResolutionBenchConfig, args))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from zreward_deploy.bench.bench_serve import ServeBenchConfig, report
+
+    report(dataclass_from_namespace(ServeBenchConfig, args))
     return 0
