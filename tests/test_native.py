@@ -407,20 +407,10 @@ def native_teacher(request):
     return request.param, model.eval(), processor
 
 
-def test_teacher_generation_agrees_with_teacher_forcing_and_the_hf_forward(native_teacher):
-    """generate_reasoning samples with the HF model's own generate (left padding, its own positions and
-    cache); the log-probs it records equal the teacher-forced pass (right padding, closed-form positions,
-    4-D mask), and the score read after each trace equals the HF forward on that whole sequence."""
-    from zreward_deploy.generation import generate_reasoning, teacher_forward, teacher_sequences
+def _assert_teacher_forcing_agrees(model, processor, pixel_values, out):
+    """The log-probs generation recorded equal the teacher-forced pass over the same traces."""
+    from zreward_deploy.generation import teacher_forward
 
-    _, model, processor = native_teacher
-    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    prompts = ["a red cube", "two blue spheres on the table"]
-    out = generate_reasoning(
-        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=5, seed=0
-    )
-    assert out.reasoning_ids.shape[0] == 4 and out.reasoning_mask.sum() > 0
-    pixel_values = processor.preprocess_tensor(images).repeat_interleave(2, 0)
     with torch.no_grad():
         token_logprobs, _ = teacher_forward(
             model,
@@ -432,6 +422,23 @@ def test_teacher_generation_agrees_with_teacher_forcing_and_the_hf_forward(nativ
             out.finished,
         )
     torch.testing.assert_close(token_logprobs, out.logprobs, rtol=0, atol=1e-5)
+
+
+def test_teacher_generation_agrees_with_teacher_forcing_and_the_hf_forward(native_teacher):
+    """generate_reasoning samples with the HF model's own generate (left padding, its own positions and
+    cache); the log-probs it records equal the teacher-forced pass (right padding, closed-form positions,
+    4-D mask), and the score read after each trace equals the HF forward on that whole sequence."""
+    from zreward_deploy.generation import generate_reasoning, teacher_sequences
+
+    _, model, processor = native_teacher
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    prompts = ["a red cube", "two blue spheres on the table"]
+    out = generate_reasoning(
+        model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=5, seed=0
+    )
+    assert out.reasoning_ids.shape[0] == 4 and out.reasoning_mask.sum() > 0
+    pixel_values = processor.preprocess_tensor(images).repeat_interleave(2, 0)
+    _assert_teacher_forcing_agrees(model, processor, pixel_values, out)
     # the same seed, the same traces
     again = generate_reasoning(
         model, processor, images, prompts, "realism", num_samples=2, max_new_tokens=5, seed=0
@@ -456,7 +463,7 @@ def test_image_placeholders_are_never_sampled(native_teacher):
     than the image has (a random teacher did, in RISD's cache). With the placeholders' logits raised by 30
     (a hook on lm_head: unsuppressed, nearly every token would be one), generation never samples them, and
     the recorded log-probs still equal teacher forcing (both renormalise over the sampleable tokens)."""
-    from zreward_deploy.generation import generate_reasoning, teacher_forward
+    from zreward_deploy.generation import generate_reasoning
 
     _, model, processor = native_teacher
     banned = torch.tensor(model.unsampleable_token_ids)
@@ -481,17 +488,7 @@ def test_image_placeholders_are_never_sampled(native_teacher):
         assert out.reasoning_mask.sum() > 0
         assert not torch.isin(out.reasoning_ids, banned).any()
         pixel_values = processor.preprocess_tensor(images).repeat_interleave(2, 0)
-        with torch.no_grad():
-            token_logprobs, _ = teacher_forward(
-                model,
-                processor,
-                pixel_values,
-                out.prompt_ids,
-                out.reasoning_ids,
-                out.reasoning_mask,
-                out.finished,
-            )
-        torch.testing.assert_close(token_logprobs, out.logprobs, rtol=0, atol=1e-5)
+        _assert_teacher_forcing_agrees(model, processor, pixel_values, out)
     finally:
         hook.remove()
 
