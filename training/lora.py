@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zreward_deploy.config import SMOLVLM_FAMILIES
 from zreward_deploy.generation import derive_seed
 from zreward_deploy.native import NativeRewardModel
 
@@ -52,7 +53,7 @@ def language_model(model: nn.Module) -> nn.Module:
     model (Qwen-VL's ``language_model``, SmolVLM's ``text_model``), without its vision tower."""
     if isinstance(model, NativeRewardModel):
         inner = model.model.model
-        return inner.text_model if model.family == "smolvlm" else inner.language_model
+        return inner.text_model if model.family in SMOLVLM_FAMILIES else inner.language_model
     return model.decoder
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zreward_deploy.config import SMOLVLM_FAMILIES
 from zreward_deploy.modeling import ZRewardModel
 from zreward_deploy.native import NativeRewardModel
 from zreward_deploy.processing import ZRewardProcessor
@@ -74,7 +75,7 @@ def backbone_modules(model: RewardModel) -> list[tuple[nn.Module, bool]]:
     one, and the connector's output is cast back to fp32."""
     if isinstance(model, NativeRewardModel):
         inner = model.model.model
-        if model.family == "smolvlm":
+        if model.family in SMOLVLM_FAMILIES:
             return [(inner.vision_model, False), (inner.connector, True), (inner.text_model, False)]
         return [(inner, False)]
     return [(model.vision_tower, False), (model.projector, False), (model.decoder, False)]

@@ -713,3 +713,18 @@ def test_the_trained_folder_is_a_native_checkpoint_with_its_training_record(smal
         before = Scorer(start.eval(), scorer.processor).score(images, ["a red cube", "two spheres"])
     assert (result.probs - before.probs).abs().max() > 1e-3  # it trained, and the folder holds that
     assert main(["eval", "--model", str(folder), "--data", str(small_data), "--split", "val", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "idefics3"])
+def test_lora_and_bf16_train_the_smolvlm_kind(family, small_data, native_golden_models, tmp_path):
+    """SmolVLM2 and SmolVLM v1 (idefics3) keep their language model in ``text_model``: LoRA finds its
+    projections there and bf16 autocasts its three parts one by one; the merged folder scores."""
+    from zreward_deploy.scoring import Scorer
+
+    student = native_golden_models[family][0]
+    rows = run_cli(
+        "sft", tmp_path, small_data, student, extra=["lora_r=4", "mixed_precision=bf16", "max_steps=1"]
+    )
+    assert rows[-1]["step"] == 1 and rows[-1]["loss"] == rows[-1]["loss"]  # finite, not NaN
+    result = Scorer.from_pretrained(tmp_path / "model").score([torch.rand(3, 32, 32)], ["a red cube"])
+    assert result.errors == {} and bool(torch.isfinite(result.probs).all())
