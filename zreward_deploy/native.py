@@ -1,11 +1,13 @@
-"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM): one-pass scoring through
-their own forward.
+"""Native Hugging Face VLM backbones (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM v2 and v1 / Idefics3): one-pass
+scoring through their own forward.
 
-Native-checkpoint support (docs/model.md, "Native VLM backbones"), first parts: the model, loading a
-checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained``), teacher
-generation with the model's own ``generate``, and tiny presets. A :class:`NativeRewardModel` wraps a
-``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
-``Qwen3VLForConditionalGeneration`` or ``SmolVLMForConditionalGeneration`` and scores D rubric dimensions
+Native-checkpoint support (docs/model.md, "Native VLM backbones"): the model, loading and saving a
+checkpoint folder as published (:func:`load_native`, used by ``Scorer.from_pretrained`` and the trainers;
+:func:`save_native`), teacher generation with the model's own ``generate``, tiny presets and realistic
+sizes. Export lives in ``export/native_towers.py`` and ``export/native_graph.py``. A
+:class:`NativeRewardModel` wraps a ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+``Qwen3VLForConditionalGeneration``, ``SmolVLMForConditionalGeneration`` or
+``Idefics3ForConditionalGeneration`` and scores D rubric dimensions
 in one forward, with the same ``forward(pixel_values, input_ids, attention_mask, suffix_ids) ->
 ZRewardOutput`` as :class:`~zreward_deploy.modeling.ZRewardModel`, so everything that calls a reward model
 can call it.
