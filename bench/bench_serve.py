@@ -86,6 +86,7 @@ class ServeBenchConfig:
     )
     out: str = field(default="runs/bench_serve", metadata={"help": "output directory (JSONL, CSV, Markdown)"})
     seed: int = field(default=0, metadata={"help": "seed of the preset's weights and of the images"})
+    device: str = field(default="cpu", metadata={"help": "the servers' --device (cpu or cuda)"})
 
     def __post_init__(self) -> None:
         if (
@@ -120,7 +121,7 @@ class ServerProcess:
                "--max-batch-size", str(config.max_batch_size), "--max-wait-ms", str(config.max_wait_ms),
                "--max-queue-items", str(queue_items or config.max_queue_items),
                "--max-images-per-request", str(min(max(config.request_images), queue_items or config.max_queue_items)),
-               "--coalesce" if coalesce else "--no-coalesce"]  # fmt: skip
+               "--coalesce" if coalesce else "--no-coalesce", "--device", config.device]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()  # the announcement, once the socket listens
         match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)

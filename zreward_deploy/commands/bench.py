@@ -1,4 +1,4 @@
-"""``zreward bench parity|latency|native|resolution``: exported runtimes against torch (accuracy parity, latency).
+"""``zreward bench parity|latency|native|resolution|serve|gpu``: exported runtimes against torch (accuracy parity, latency).
 
 The options are the fields of the benchmarks' config dataclasses (``ParityBenchConfig``,
 ``LatencyBenchConfig``), turned into flags by :mod:`zreward_deploy.cliargs` as for every command, so the
@@ -60,6 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(serve, ServeBenchConfig)
     serve.set_defaults(func=run_serve)
 
+    from zreward_deploy.bench.bench_gpu import GpuBenchConfig
+
+    gpu = sub.add_parser(
+        "gpu",
+        help="every GPU measurement in one budgeted run (kernel tests, score head, end-to-end bf16 with MFU, "
+        "ORT CUDA, TensorRT, serve); --dry-run: the same on the CPU, tiny",
+    )
+    add_dataclass_arguments(gpu, GpuBenchConfig, space_separated=True)
+    gpu.set_defaults(func=run_gpu)
+
 
 def run_parity(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_parity import ParityBenchConfig, report
@@ -97,4 +107,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_serve import ServeBenchConfig, report
 
     report(dataclass_from_namespace(ServeBenchConfig, args))
+    return 0
+
+
+def run_gpu(args: argparse.Namespace) -> int:
+    from zreward_deploy.bench.bench_gpu import GpuBenchConfig, report
+
+    report(dataclass_from_namespace(GpuBenchConfig, args))
     return 0
