@@ -45,8 +45,6 @@ from typing import Any
 # bench/ lives at the repository root (pyproject's package-dir), so its parent holds tests/
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "skipped: no CUDA (dry run or no visible GPU)"
-# Dense bf16 tensor-core peaks from the vendor datasheets, TFLOP/s (without sparsity), longest match first
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def _help(text: str) -> dict[str, str]:

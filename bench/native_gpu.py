@@ -23,6 +23,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+# Dense bf16 tensor-core peaks from the vendor datasheets, TFLOP/s (without sparsity), longest match first
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
 DIMENSIONS = 4  # the default rubric's dimensions (one suffix each)
 SCORE_TOKENS = [16, 17, 18, 19, 20]  # "1".."5" in the Qwen tokenizer; the ids only fix the head's rows
 # The dry run's shrink of a Qwen2.5-VL config (the vocabulary and special ids stay the published ones)
@@ -142,8 +145,6 @@ def forward_flops(reward: Any, prompt_tokens: int, suffix_lengths: list[int]) ->
 
 
 def peak_tflops(cfg: Any, env: dict[str, Any]) -> float | None:
-    from zreward_deploy.bench.bench_gpu import PEAK_BF16_TFLOPS
-
     if cfg.peak_tflops is not None:
         return cfg.peak_tflops
     name = env.get("gpu") or ""
