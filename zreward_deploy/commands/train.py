@@ -115,6 +115,16 @@ def show_training_messages() -> None:
         trainers.setLevel(logging.INFO)
 
 
+def close_process_group() -> None:
+    """Destroy a multi-process run's process group before the interpreter exits, as PyTorch asks: left to
+    interpreter shutdown, a gloo group's threads were once torn down mid-flight (``terminate called
+    without an active exception``, SIGABRT on one rank after the run had saved its model)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_train(args: argparse.Namespace) -> int:
     config_cls, train = load_trainer(args.method)
     if args.help_config:
@@ -139,6 +149,8 @@ def run_train(args: argparse.Namespace) -> int:
         if exc.is_main_process:  # one line per run, not one per process
             print(f"zreward: {exc}", file=sys.stderr)
         return 130  # 128 + SIGINT, as for any Ctrl-C
+    finally:
+        close_process_group()
     if not result.is_main_process:  # one summary per run, not one per process
         return 0
     if result.already_trained:
