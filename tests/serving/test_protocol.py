@@ -220,3 +220,24 @@ def test_flow_factory_compute_route_takes_both_spellings(shared_server, scorer, 
     out = httpx.post(f"{shared_server}/compute", json=body, timeout=30).json()
     assert out["rewards"] == pytest.approx(scorer.score(images, ["a", "b"]).reward.tolist(), abs=1e-6)
     assert all(math.isfinite(x) for x in out["rewards"])
+
+
+def test_a_native_vlm_checkpoint_serves_like_in_process(serve, tmp_path):
+    """A native folder (here a tiny Qwen2.5-VL saved as a checkpoint) goes through the same server: its
+    served scores equal Scorer.from_pretrained(folder) on the same items, and its identity is its own."""
+    from zreward_deploy.native import build_native_preset, save_native
+    from zreward_deploy.scoring import Scorer
+
+    model, processor = build_native_preset("qwen2_5_vl", seed=4)
+    save_native(model, processor, tmp_path / "native")
+    scorer = Scorer.from_pretrained(tmp_path / "native")
+    url, _ = serve(scorer, model_dir=tmp_path / "native")
+    images = [random_image(i) for i in range(2)]
+    prompts = ["a red cube", "two blue spheres on a table"]
+    r = httpx.post(f"{url}/v1/score", json=v1_body(images, prompts), timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert not any(out["errors"]), out["errors"]
+    for k, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        assert out["scores"][k] == pytest.approx(float(_alone(scorer, image, prompt).reward[0]), abs=1e-6)
+    assert httpx.get(f"{url}/v1/health").json()["model"]["checkpoint_sha256"]
