@@ -77,7 +77,7 @@ class OPDConfig(RolloutConfig):
         require_at_least(self, 1, "rollout_chunk")
 
 
-def _check_compatible(student: Any, s_proc: Any, teacher: Any, t_proc: Any) -> None:
+def _check_compatible(s_proc: Any, t_proc: Any) -> None:
     if s_proc.tokenizer.get_vocab() != t_proc.tokenizer.get_vocab():
         raise ConfigError("teacher", "OPD needs the teacher to share the student's tokenizer")
     if s_proc.config.get_score_scale() != t_proc.config.get_score_scale():
@@ -152,7 +152,7 @@ def train_opd(cfg: OPDConfig) -> TrainResult:
     model, processor = load_model(cfg.model, seed=cfg.seed)
     teacher, t_proc = load_model(cfg.teacher)
     teacher = frozen_copy(teacher).to(run.device)
-    _check_compatible(model, processor, teacher, t_proc)
+    _check_compatible(processor, t_proc)
     records = load_split(
         cfg.data,
         cfg.train_split,
