@@ -93,6 +93,45 @@ def test_idempotent_retry_is_answered_from_the_cache(controlled, serve):
     assert other["cached"] == [False, False]
 
 
+def test_a_retry_while_the_first_attempt_is_in_flight_shares_its_forward_pass(controlled, serve):
+    # the trainer's client timed out and retried while the first request was still on the scorer: the
+    # retry must wait for that run, not score the item a second time
+    url, service = serve(controlled, max_batch_size=4)
+    body = v1_body([random_image(0)], ["a"])
+    body["requests"][0]["idempotency_key"] = "sample-0-step-7"
+    controlled.gate.clear()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_post, url, body)
+        _wait(lambda: controlled.entered.is_set())  # the first attempt is on the scorer, held
+        retry = pool.submit(_post, url, body)
+        _wait(lambda: service.sharing == 1)
+        controlled.gate.set()
+        first, retry = first.result().json(), retry.result().json()
+    assert controlled.calls == [["a"]]  # one forward pass for both
+    assert first["cached"] == [False] and retry["cached"] == [True]
+    assert retry["results"] == first["results"]
+
+
+def test_a_retry_waiting_on_a_failed_first_attempt_is_scored_itself(controlled, serve):
+    url, service = serve(controlled, max_batch_size=4)
+    body = v1_body([random_image(0)], ["a"])
+    body["requests"][0]["idempotency_key"] = "sample-0-step-8"
+    controlled.gate.clear()
+    controlled.fail_next = True
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_post, url, body)
+        _wait(lambda: controlled.entered.is_set())
+        retry = pool.submit(_post, url, body)
+        _wait(lambda: service.sharing == 1)
+        controlled.gate.set()
+        first, retry = first.result(), retry.result()
+    assert first.status_code == 500
+    assert retry.status_code == 200 and retry.json()["cached"] == [False]
+    assert retry.json()["scores"][0] is not None
+    assert controlled.calls == [["a"], ["a"]]  # the failed run, then the retry's own
+    assert not service._in_flight  # nothing left waiting
+
+
 def test_idempotency_cache_expires_and_is_bounded():
     from zreward_deploy.serving.cache import IdempotencyCache
 

@@ -100,6 +100,10 @@ class ZRewardService:
             incoming=lambda: self.decoding,
         )
         self.cache = IdempotencyCache(config.idempotency_ttl_s, config.idempotency_max_entries)
+        # (idempotency_key, dims) -> the future of an item being scored now: a retry that arrives while the
+        # first attempt is still queued or on the scorer waits for it instead of scoring the item twice
+        self._in_flight: dict[Any, asyncio.Future[ItemScore | None]] = {}
+        self.sharing = 0  # items of retries waiting for their first attempt now
         self.state = "ok"
         self._decodes: asyncio.Semaphore | None = None
         self.decoding = 0  # requests admitted and being read or decoded: items on their way to the batcher
@@ -127,47 +131,89 @@ class ZRewardService:
     async def score_items(
         self, items: list[Item], options: ScoreOptions, started: float, arrival: _Arrival | None = None
     ) -> tuple[list[Outcome], list[bool]]:
-        """Outcomes of ``items`` in order: decode errors kept, cached items looked up, the rest batched."""
+        """Outcomes of ``items`` in order: decode errors kept, cached items looked up, items whose key is
+        being scored now (a retry of a request still in flight) shared with that run, the rest batched."""
         outcomes: list[Outcome | None] = [item.error for item in items]
         cached = [False] * len(items)
-        todo = []
+        todo: list[int] = []
+        waiting: list[tuple[int, asyncio.Future[ItemScore | None]]] = []
+        owned: dict[Any, asyncio.Future[ItemScore | None]] = {}
         for k, item in enumerate(items):
             if item.error is not None:
                 continue
-            hit = self.cache.get((item.idempotency_key, options.dims)) if item.idempotency_key else None
+            key = (item.idempotency_key, options.dims) if item.idempotency_key else None
+            hit = self.cache.get(key) if key is not None else None
             if hit is not None:
                 outcomes[k], cached[k] = hit, True
+            elif key is not None and key in self._in_flight:
+                waiting.append((k, self._in_flight[key]))
             else:
                 todo.append(k)
+                if key is not None:
+                    owned[key] = self._in_flight[key] = asyncio.get_running_loop().create_future()
         if arrival is not None:
             arrival.leave()  # its items are in the queue from the submit below (no await in between)
-        if todo:
-            remaining = options.deadline_ms / 1000.0 - (time.monotonic() - started)
-            if remaining <= 0:
-                raise HTTPFailure(504, "the deadline passed while the request was decoded")
-            try:
-                scored = await self.batcher.submit(
-                    [items[k].prompt for k in todo], [items[k].image for k in todo], options.dims, remaining
+        try:
+            if todo:
+                await self._submit(items, todo, options, started, outcomes)
+        finally:  # the retries waiting on this request's items get their scores, or None: score it yourself
+            for key, future in owned.items():
+                outcome = next(
+                    (outcomes[k] for k in todo if (items[k].idempotency_key, options.dims) == key), None
                 )
-            except QueueFull as exc:
+                future.set_result(outcome if isinstance(outcome, ItemScore) else None)
+                if self._in_flight.get(key) is future:
+                    del self._in_flight[key]
+        retry = []
+        for k, future in waiting:
+            remaining = options.deadline_ms / 1000.0 - (time.monotonic() - started)
+            self.sharing += 1
+            try:
+                shared = await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.0))
+            except TimeoutError:
                 raise HTTPFailure(
-                    503, f"overloaded: {exc}", {"Retry-After": str(self.config.retry_after_s)}
+                    504, "the deadline passed while the first attempt of an item was scored"
                 ) from None
-            except DeadlineExceeded as exc:
-                raise HTTPFailure(504, str(exc)) from None
-            except BatchFailed as exc:
-                raise HTTPFailure(500, str(exc)) from None
-            for k, outcome in zip(todo, scored, strict=True):
-                if isinstance(outcome, ItemScore):
-                    if items[k].idempotency_key:
-                        self.cache.put((items[k].idempotency_key, options.dims), outcome)
-                else:  # the batcher named the item by its place in `todo`: name it by its place in the request
-                    outcome = type(outcome)(k, outcome.reason)
-                outcomes[k] = outcome
+            finally:
+                self.sharing -= 1
+            if shared is None:  # the first attempt failed (500, 503, 504, a per-item error): score it here
+                retry.append(k)
+            else:
+                outcomes[k], cached[k] = shared, True
+        if retry:
+            await self._submit(items, retry, options, started, outcomes)
         for outcome, hit in zip(outcomes, cached, strict=True):
             label = "cached" if hit else "scored" if isinstance(outcome, ItemScore) else "error"
             self.metrics.items.labels(label).inc()
         return outcomes, cached  # type: ignore[return-value]
+
+    async def _submit(
+        self, items: list[Item], todo: list[int], options: ScoreOptions, started: float, outcomes: list
+    ) -> None:
+        """Score ``items[k] for k in todo`` on the batcher into ``outcomes`` (and the cache); batcher
+        failures become the request's HTTP status."""
+        remaining = options.deadline_ms / 1000.0 - (time.monotonic() - started)
+        if remaining <= 0:
+            raise HTTPFailure(504, "the deadline passed while the request was decoded")
+        try:
+            scored = await self.batcher.submit(
+                [items[k].prompt for k in todo], [items[k].image for k in todo], options.dims, remaining
+            )
+        except QueueFull as exc:
+            raise HTTPFailure(
+                503, f"overloaded: {exc}", {"Retry-After": str(self.config.retry_after_s)}
+            ) from None
+        except DeadlineExceeded as exc:
+            raise HTTPFailure(504, str(exc)) from None
+        except BatchFailed as exc:
+            raise HTTPFailure(500, str(exc)) from None
+        for k, outcome in zip(todo, scored, strict=True):
+            if isinstance(outcome, ItemScore):
+                if items[k].idempotency_key:
+                    self.cache.put((items[k].idempotency_key, options.dims), outcome)
+            else:  # the batcher named the item by its place in `todo`: name it by its place in the request
+                outcome = type(outcome)(k, outcome.reason)
+            outcomes[k] = outcome
 
     def arrive(self) -> _Arrival:
         """Count a request from admission until its items reach the batcher (:meth:`_Arrival.leave`)."""
