@@ -382,6 +382,48 @@ class TrainConfig:
         return build_config(cls, merged)
 
 
+@dataclass
+class StudentConfig(TrainConfig):
+    """The one-pass student trainers' shared fields (SFT, RISD): training on judgements without scores
+    (the train split's preference file, docs/data.md "Preference records") with a pairwise term."""
+
+    preference_weight: float = field(
+        default=1.0,
+        metadata=help_text(
+            "λ: weight of the pairwise term on the judgements of train_split's preference file "
+            "({split}.preferences.jsonl), added to the method's loss: λ times the mean over the step's "
+            "judgements of the Bradley–Terry loss −[t log σ(μ_a − μ_b) + (1 − t) log σ(μ_b − μ_a)] on the "
+            "student's μ of the judged dimension ('overall': the reward Σ_d w_d μ_d over the rubric), "
+            "t = 1 (a preferred), 0 (b) or 0.5 (tie). 0 = the judgements are not read. Without a "
+            "preference file nothing changes"
+        ),
+    )
+    preference_batch_size: int = field(
+        default=0,
+        metadata=help_text(
+            "judgements per step (global, split like batch_size over processes and micro-batches); "
+            "0 = batch_size. Each judgement puts its two images in the step's forward pass. With "
+            "judgements only (no record has a label or target) a step is this many judgements"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_at_least(self, 0, "preference_weight", "preference_batch_size")
+        k = self.gradient_accumulation_steps
+        if self.preference_batch_size % k:
+            raise ConfigError(
+                "preference_batch_size",
+                f"{self.preference_batch_size} is not divisible by gradient_accumulation_steps {k}: each "
+                "update's judgements are split into equal micro-batches",
+            )
+
+    @property
+    def judgements_per_step(self) -> int:
+        """The global number of judgements per step (``preference_batch_size``, or ``batch_size``)."""
+        return self.preference_batch_size or self.batch_size
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 

@@ -8,6 +8,9 @@ distillation items, each turned into tensors by index so that a trainer can ask 
 * :class:`PairData`: one item per same-prompt pair on one dimension (``build_pairs``), oriented so that
   ``w`` is the higher-scored image: the GDSO/GRPO training instance (p, I_w, I_l, ŝ_w, ŝ_l, d).
 * :class:`ItemData`: one item per (record, dimension), labels not needed: the RISD cache and OPD.
+* :class:`PreferenceData`: the judgements of a preference file (docs/data.md, "Preference records") as
+  pairs of rows of a :class:`StudentData`; :func:`joint_batch` puts a step's items and judged images into
+  one student batch (the SFT / RISD pairwise term).
 
 Images are decoded once, when a view is built, and kept resized to the model's resolution, still in
 [0, 1] (:class:`ImageCache`); normalising them later gives exactly the pixels of the scoring path
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zreward_deploy.data import Record, build_pairs
+from zreward_deploy.data import OVERALL, Preference, Record, build_pairs
+from zreward_deploy.data.records import preference_dimensions
 from zreward_deploy.errors import InvalidImageError, ZRewardInputError
 from zreward_deploy.processing import ZRewardProcessor
 from zreward_deploy.scoring import item_call
@@ -110,20 +114,25 @@ def decoded(records: Sequence[Record] | ImageCache, processor: ZRewardProcessor)
 
 
 def resolve_dimensions(
-    processor: ZRewardProcessor, records: Sequence[Record] | None, dimensions: Sequence[str] | None
+    processor: ZRewardProcessor,
+    records: Sequence[Record] | None,
+    dimensions: Sequence[str] | None,
+    preferences: Sequence[Preference] = (),
 ) -> list[str]:
     """The dimensions to train on, in rubric order: ``dimensions`` if given (each must be in the
-    rubric), else every rubric dimension the records label (all rubric dimensions when ``records`` is
-    ``None``: distillation needs no labels)."""
+    rubric), else every rubric dimension the records label or the ``preferences`` judge ("overall":
+    every rubric dimension), and all rubric dimensions when ``records`` is ``None`` (distillation needs
+    no labels)."""
     rubric = processor.config.get_rubric()
     if dimensions is not None:
         return [d.name for d in rubric.select(list(dimensions))]
     if records is None:
         return rubric.names
-    labelled = {d for r in records for d in r.dimensions}
+    labelled = {d for r in records for d in r.dimensions} | set(preference_dimensions(preferences, rubric))
     names = [n for n in rubric.names if n in labelled]
     if not names:
-        raise ZRewardInputError("dimensions", "the training records label none of the rubric's dimensions")
+        what = "label or judge" if preferences else "label"
+        raise ZRewardInputError("dimensions", f"the training records {what} none of the rubric's dimensions")
     return names
 
 
@@ -143,6 +152,8 @@ class StudentBatch:
         labels: ``[B, D]`` human scores (NaN where unlabelled; NaN everywhere for distillation).
         mask: ``[B, D]`` bool, True where the item has a target on that dimension.
         targets: ``[B, D, K]`` soft targets (label two-hots, or teacher distributions); 0 rows where masked.
+        pref_a, pref_b, pref_dim, pref_target: ``[P]`` judgements between rows of the batch
+            (:func:`joint_batch`); ``None`` in a batch without.
     """
 
     ids: list[str]
@@ -152,6 +163,11 @@ class StudentBatch:
     labels: torch.Tensor
     mask: torch.Tensor
     targets: torch.Tensor
+    # judgements between rows of this batch (joint_batch), None without: each [P]
+    pref_a: torch.Tensor | None = None  # row of side a
+    pref_b: torch.Tensor | None = None  # row of side b
+    pref_dim: torch.Tensor | None = None  # index into the dimensions, or OVERALL_INDEX (the reward)
+    pref_target: torch.Tensor | None = None  # P(a ≻ b) as judged: 1, 0 or 0.5
 
 
 class StudentData:
@@ -166,6 +182,8 @@ class StudentData:
             the aggregated training label).
         targets: for distillation, ``{(record id, dimension): probs [K]}`` replacing the labels; a pair
             missing from it is masked.
+        require_targets: refuse records with no target at all (``False`` when judgements train them:
+            :class:`PreferenceData`).
     """
 
     def __init__(
@@ -175,6 +193,7 @@ class StudentData:
         dimensions: Sequence[str],
         label_source: str = "scores",
         targets: Mapping[tuple[str, str], torch.Tensor] | None = None,
+        require_targets: bool = True,
     ):
         self.images = decoded(records, processor)
         self.records = self.images.records
@@ -199,7 +218,7 @@ class StudentData:
                     self.labels[i, j] = label
                     self.mask[i, j] = True
                     self.targets[i, j] = self.scale.soft_target(label)
-        if not self.mask.any():
+        if require_targets and not self.mask.any():
             raise ZRewardInputError("data", f"no record has a target on any of {self.dimensions}")
 
     @property
@@ -222,6 +241,98 @@ class StudentData:
             mask=self.mask[idx],
             targets=self.targets[idx],
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Judgements (preference files) for the student trainers
+# --------------------------------------------------------------------------------------------------
+
+OVERALL_INDEX = -1
+"""``pref_dim`` of a judgement on ``"overall"``: the reward Σ_d w_d μ_d over the whole rubric."""
+
+
+@dataclass(frozen=True)
+class TrainingPreference:
+    """A judgement as rows ``a``, ``b`` of a :class:`StudentData`, a dimension index (or
+    :data:`OVERALL_INDEX`) and its target P(a ≻ b)."""
+
+    a: int
+    b: int
+    dimension: int
+    target: float
+
+
+class PreferenceData:
+    """The judgements of a split's preference file between the records of ``data`` (a
+    :class:`StudentData`; its images and prompts are shared).
+
+    A judgement is left out, and counted in :attr:`left_out` by reason, when one of its images does not
+    decode (its record is not in ``data``), when its dimension is not one of ``data.dimensions``, or when it
+    is on ``"overall"`` and ``data.dimensions`` do not cover the whole rubric (the reward needs every
+    dimension's μ).
+
+    Attributes:
+        pairs: the judgements used.
+        weights: ``[D]`` the rubric's normalised reward weights in the order of ``data.dimensions``
+            (``None`` when they do not cover the rubric).
+    """
+
+    def __init__(self, preferences: Sequence[Preference], data: StudentData, processor: ZRewardProcessor):
+        rubric = processor.config.get_rubric()
+        self.dimensions = list(data.dimensions)
+        row = {r.id: i for i, r in enumerate(data.records)}
+        covers = all(name in self.dimensions for name in rubric.names)
+        self.weights = None
+        if covers:
+            w = dict(zip(rubric.names, rubric.weights(rubric.names).tolist(), strict=True))
+            self.weights = torch.tensor([w[d] for d in self.dimensions], dtype=torch.float32)
+        self.pairs: list[TrainingPreference] = []
+        self.left_out: dict[str, int] = {}
+        for p in preferences:
+            if p.dimension == OVERALL and OVERALL not in rubric.names:
+                dim = OVERALL_INDEX if covers else None
+                reason = f"on {OVERALL!r}, which needs every rubric dimension trained ({rubric.names})"
+            else:
+                dim = self.dimensions.index(p.dimension) if p.dimension in self.dimensions else None
+                reason = f"on {p.dimension!r}, not one of the trained dimensions {self.dimensions}"
+            if p.a not in row or p.b not in row:
+                reason, dim = "an image that does not decode", None
+            if dim is None:
+                self.left_out[reason] = self.left_out.get(reason, 0) + 1
+                continue
+            self.pairs.append(TrainingPreference(row[p.a], row[p.b], dim, p.target))
+
+    @property
+    def trained_dimensions(self) -> list[str]:
+        """The dimensions the judgements move (all of ``dimensions`` for an "overall" one)."""
+        used = {p.dimension for p in self.pairs}
+        return [d for i, d in enumerate(self.dimensions) if i in used or OVERALL_INDEX in used]
+
+    def describe_left_out(self) -> str:
+        """One line per reason: how many judgements were left out and why."""
+        return "\n".join(f"left out {n} judgement(s) {reason}" for reason, n in self.left_out.items())
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def joint_batch(
+    data: StudentData, items: Sequence[int], preferences: PreferenceData, judgements: Sequence[int]
+) -> StudentBatch:
+    """One student batch of the records ``items`` (with their targets) followed by the two images of each
+    of ``judgements`` (indices into ``preferences.pairs``; all a sides, then all b sides), which carry no
+    target (masked): rows ``[items][a sides][b sides]``, ``pref_a`` / ``pref_b`` pointing at them."""
+    pairs = [preferences.pairs[i] for i in judgements]
+    n, p = len(items), len(pairs)
+    batch = data.batch([*items, *(q.a for q in pairs), *(q.b for q in pairs)])
+    batch.mask[n:] = False  # a judged image trains through the pairwise term only
+    batch.labels[n:] = math.nan
+    batch.targets[n:] = 0.0
+    batch.pref_a = torch.arange(n, n + p)
+    batch.pref_b = torch.arange(n + p, n + 2 * p)
+    batch.pref_dim = torch.tensor([q.dimension for q in pairs], dtype=torch.long)
+    batch.pref_target = torch.tensor([q.target for q in pairs], dtype=torch.float32)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------------

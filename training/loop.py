@@ -95,6 +95,23 @@ class EpochSampler:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
 
+def check_batch_split(run: Run, name: str, size: int) -> None:
+    """Raise :class:`ConfigError` naming the field ``name`` unless a global batch of ``size`` splits
+    into equal shares per process, each into ``gradient_accumulation_steps`` equal micro-batches."""
+    cfg = run.config
+    if size % run.world_size:
+        raise ConfigError(
+            name, f"the global batch of {size} does not split evenly over {run.world_size} processes"
+        )
+    per_process = size // run.world_size
+    if per_process % cfg.gradient_accumulation_steps:
+        raise ConfigError(
+            "gradient_accumulation_steps",
+            f"{cfg.gradient_accumulation_steps} does not divide the {per_process} items each of "
+            f"{run.world_size} processes takes from {name} {size}",
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Optimizer and schedule
 # --------------------------------------------------------------------------------------------------
@@ -204,6 +221,9 @@ class TrainLoop:
     # the rubric dimensions the data trains (what the saved models' training record names)
     trained_dimensions: list[str] = field(default_factory=list)
     start_step: int = 0  # the step this run started (or resumed) at
+    # further data streams drawn every step (e.g. SFT's judgements beside its items), saved and resumed
+    # with the main sampler
+    extra_samplers: dict[str, EpochSampler] = field(default_factory=dict)
     _bad_loss: float | None = None  # the first non-finite micro-batch loss since the last update
 
     @classmethod
@@ -217,6 +237,8 @@ class TrainLoop:
         extra_models: Mapping[str, ZRewardModel] | None = None,
         images: ImageCache | None = None,
         trained_dimensions: Sequence[str] = (),
+        batch_size: int | None = None,
+        extra_samplers: Mapping[str, EpochSampler] | None = None,
     ) -> TrainLoop:
         """Build the sampler, optimizer and schedule; restore them (and ``extra_models``, e.g. GDSO's
         π_ref) from ``run.resume_from``; wrap the model with ``accelerate.prepare``.
@@ -224,25 +246,24 @@ class TrainLoop:
         ``images`` is the data view's :class:`~.data.ImageCache`: the records it skipped (undecodable
         images) are logged here, once per run, and counted in every metrics row and the result.
         ``trained_dimensions`` (the data view's ``trained_dimensions``) go into the training record of
-        every saved model (:func:`~.run_rules.training_record`).
+        every saved model (:func:`~.run_rules.training_record`). ``batch_size`` (default
+        ``cfg.batch_size``) is the main sampler's global batch; ``extra_samplers`` are further streams
+        the trainer draws from (their batches checked by the trainer, :func:`check_batch_split`),
+        restored from the checkpoint.
         """
         cfg = run.config
         skipped = len(images.skipped) if images is not None else 0
         if skipped and run.is_main:
             logger.warning(images.describe_skipped())
         extra_models = dict(extra_models or {})
-        per_process = cfg.batch_size // run.world_size
-        if per_process % cfg.gradient_accumulation_steps:
-            raise ConfigError(
-                "gradient_accumulation_steps",
-                f"{cfg.gradient_accumulation_steps} does not divide the {per_process} items each of "
-                f"{run.world_size} processes takes from batch_size {cfg.batch_size}",
-            )
+        extra_samplers = dict(extra_samplers or {})
+        batch_size = cfg.batch_size if batch_size is None else batch_size
+        check_batch_split(run, "batch_size", batch_size)
         if cfg.mixed_precision == "bf16" and run.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError(
                 "mixed_precision", "bf16 needs a GPU with bfloat16 support (Ampere or newer); use 'no'"
             )
-        sampler = EpochSampler(num_items, cfg.batch_size, cfg.seed)
+        sampler = EpochSampler(num_items, batch_size, cfg.seed)
         apply_memory_options(model, cfg)
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg, total_updates=total_updates)
@@ -254,6 +275,8 @@ class TrainLoop:
             step = state["step"]
             try:
                 sampler.load_state_dict(state["sampler"])
+                for name, extra in extra_samplers.items():
+                    extra.load_state_dict(state["samplers"][name])
             except (KeyError, TypeError, ValueError):
                 raise damaged_checkpoint(
                     run.resume_from / TRAINER_STATE, "holds no valid data-order position"
@@ -264,7 +287,7 @@ class TrainLoop:
         return cls(
             run, model, processor, sampler, optimizer, scheduler, wrapped, extra_models, step,
             last_checkpoint=run.resume_from, skipped_items=skipped,
-            trained_dimensions=list(trained_dimensions), start_step=step,
+            trained_dimensions=list(trained_dimensions), start_step=step, extra_samplers=extra_samplers,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -444,12 +467,19 @@ class TrainLoop:
                 self.processor,
                 self.optimizer,
                 self.scheduler,
-                {"sampler": self.sampler.state_dict()},
+                self.sampler_states(),
                 keep=cfg.keep_checkpoints,
                 extra_models=self.extra_models,
                 weights=weights,
                 adapter=adapter,
             )
+
+    def sampler_states(self) -> dict[str, Any]:
+        """The data-order positions a checkpoint keeps: ``sampler`` and, with extra streams, ``samplers``."""
+        state: dict[str, Any] = {"sampler": self.sampler.state_dict()}
+        if self.extra_samplers:
+            state["samplers"] = {name: x.state_dict() for name, x in self.extra_samplers.items()}
+        return state
 
     def finish(
         self, dims: list[str], reasoning: bool, reasoning_kwargs: dict[str, Any] | None = None

@@ -65,6 +65,7 @@ __all__ = [
     "pairwise_reward",
     "pointwise_reward",
     "policy_gradient_loss",
+    "preference_loss",
     "score_gap_loss",
     "soft_cross_entropy_loss",
 ]
@@ -466,6 +467,35 @@ def bradley_terry_loss(mu_w: torch.Tensor, mu_l: torch.Tensor) -> torch.Tensor:
     margin = _upcast(mu_w) - _upcast(mu_l)
     # −log σ(x) = softplus(−x), stable for large |x|
     return F.softplus(-margin).mean()
+
+
+def preference_loss(
+    mu_a: torch.Tensor,
+    mu_b: torch.Tensor,
+    target: torch.Tensor | float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bradley–Terry loss of judgements with a soft target: the binary cross-entropy of
+    P(a ≻ b) = σ(μ_a − μ_b) against t, ``−[t log σ(μ_a − μ_b) + (1 − t) log σ(μ_b − μ_a)]``, mean over the
+    unmasked judgements.
+
+    t = 1 ("a preferred") is :func:`bradley_terry_loss` with w = a; t = 0 the same with the sides
+    swapped; t = 0.5 (a tie) is minimised at μ_a = μ_b, where it equals ln 2 (the BCE of a fair coin,
+    its entropy), with gradient ``σ(Δ) − ½`` in Δ = μ_a − μ_b pulling the two together. Written with
+    softplus (``−log σ(x) = softplus(−x)``), so it is stable for any margin.
+
+    Args:
+        mu_a, mu_b: ``[...]`` expectations of the two sides (differentiable; fp32 math).
+        target: ``[...]`` (or a scalar) P(a ≻ b) as judged: 1, 0 or 0.5 (any value in [0, 1] works).
+        mask: ``[...]`` bool, the judgements that count (default all).
+
+    Returns:
+        Scalar mean over the unmasked judgements; 0 (attached to the graph) when all are masked.
+    """
+    margin = _upcast(mu_a) - _upcast(mu_b)
+    t = _as_float(target, margin).expand_as(margin)
+    per_item = t * F.softplus(-margin) + (1 - t) * F.softplus(margin)
+    return _masked_item_mean(per_item, mask)
 
 
 class GDSOLoss(NamedTuple):

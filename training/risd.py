@@ -11,6 +11,8 @@
    ``KL(q_T ‖ q_φ)`` averaged over the (item, dimension) entries (:func:`~.losses.forward_kl_loss`), in
    the same loop as SFT (:func:`~.student_loop.run_student_loop`). No CE to labels, no temperature (the paper
    names neither).
+3. **Judgements** (optional): where train_split has a preference file, ``preference_weight`` × the
+   Bradley–Terry loss on the student's μ is added to the KL, as in SFT (docs/training.md).
 
 The cache is built by the main process only (the others wait for it), generation seeded per
 (dimension, chunk of items), so it is the same whatever the number of training processes.
@@ -26,12 +28,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from zreward_deploy.data import Record, load_split
+from zreward_deploy.data import Record, load_preferences, load_split
 from zreward_deploy.fileio import atomic_write_text
 from zreward_deploy.generation import derive_seed, generate_reasoning
 
-from .config import ConfigError, TrainConfig, help_text, require_at_least
-from .data import ImageCache, StudentBatch, StudentData, resolve_dimensions
+from .config import ConfigError, StudentConfig, help_text, require_at_least
+from .data import ImageCache, PreferenceData, StudentBatch, StudentData, resolve_dimensions
 from .losses import forward_kl_loss
 from .models import load_model
 from .run import Run, TrainResult, start_run
@@ -42,8 +44,9 @@ CACHE_FILE = "teacher_targets.jsonl"
 
 
 @dataclass
-class RISDConfig(TrainConfig):
-    """RISD: forward KL from cached teacher distributions to a one-pass student."""
+class RISDConfig(StudentConfig):
+    """RISD: forward KL from cached teacher distributions to a one-pass student (plus the pairwise term
+    on judgements where the data has them)."""
 
     method: ClassVar[str] = "risd"
 
@@ -249,4 +252,11 @@ def train_risd(cfg: RISDConfig) -> TrainResult:
         raise ConfigError("teacher", f"the teacher's score scale does not have the student's {k} values")
     data = StudentData(images, processor, dims, targets=targets)
     loss = make_risd_loss(processor.config.get_score_scale().values)
-    return run_student_loop(run, model, processor, data, loss, loss_name="kl")
+    preferences = None
+    if cfg.preference_weight > 0:
+        config = processor.config
+        judged = load_preferences(
+            cfg.data, cfg.train_split, config.get_score_scale(), config.get_rubric(), records=records
+        )
+        preferences = PreferenceData(judged, data, processor) if judged else None
+    return run_student_loop(run, model, processor, data, loss, loss_name="kl", preferences=preferences)

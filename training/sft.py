@@ -8,6 +8,10 @@ batch; unlabelled entries are masked. The same trainer makes the SFT *student* a
 baseline* (the paper's "SFT" rows: the teacher-sized model fine-tuned without reasoning); only
 ``model`` differs.
 
+Judgements without scores (train_split's preference file) add a pairwise term: ``preference_weight`` ×
+the Bradley–Terry loss on the student's μ (``StudentConfig``, docs/training.md); a dataset of judgements
+only trains on that term alone.
+
 :func:`~.student_loop.run_student_loop` is the loop, shared with RISD (a different target and loss, same
 layout).
 """
@@ -19,10 +23,11 @@ from typing import ClassVar
 
 import torch
 
+from zreward_deploy.errors import ZRewardInputError
 from zreward_deploy.modeling import ZRewardOutput
 
-from .config import LABEL_SOURCES, ConfigError, TrainConfig, require_one_of
-from .data import StudentBatch, StudentData, resolve_dimensions
+from .config import LABEL_SOURCES, ConfigError, StudentConfig, require_one_of
+from .data import PreferenceData, StudentBatch, StudentData, resolve_dimensions
 from .losses import soft_cross_entropy_loss
 from .models import load_model
 from .run import TrainResult, start_run
@@ -30,8 +35,9 @@ from .student_loop import run_student_loop
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    """SFT: soft CE on the score token, no reasoning (student layout, all dimensions in one pass)."""
+class SFTConfig(StudentConfig):
+    """SFT: soft CE on the score token, no reasoning (student layout, all dimensions in one pass), plus
+    the pairwise term on judgements where the data has them."""
 
     method: ClassVar[str] = "sft"
 
@@ -61,16 +67,25 @@ def _sft_loss(out: ZRewardOutput, batch: StudentBatch) -> tuple[torch.Tensor, di
 
 def train_sft(cfg: SFTConfig) -> TrainResult:
     """Run SFT as configured; returns a :class:`TrainResult` (the model is in ``output_dir/model``)."""
-    from zreward_deploy.data import load_split
+    from zreward_deploy.data import load_preferences, load_split
 
     run = start_run(cfg)
     if run.already_trained:
         return run.already_trained_result()
     model, processor = load_model(cfg.model, seed=cfg.seed)
     config = processor.config  # the rubric and scale (a native model's HF config has neither)
-    records = load_split(
-        cfg.data, cfg.train_split, scale=config.get_score_scale(), rubric=config.get_rubric()
-    )
-    dims = resolve_dimensions(processor, records, cfg.dimensions)
-    data = StudentData(records, processor, dims, label_source=cfg.label_source)
-    return run_student_loop(run, model, processor, data, _sft_loss, loss_name="ce")
+    scale, rubric = config.get_score_scale(), config.get_rubric()
+    records = load_split(cfg.data, cfg.train_split, scale=scale, rubric=rubric)
+    judged = []
+    if cfg.preference_weight > 0:
+        judged = load_preferences(cfg.data, cfg.train_split, scale, rubric, records=records)
+    dims = resolve_dimensions(processor, records, cfg.dimensions, judged)
+    data = StudentData(records, processor, dims, label_source=cfg.label_source, require_targets=not judged)
+    preferences = PreferenceData(judged, data, processor) if judged else None
+    if not data.mask.any() and not preferences:
+        raise ZRewardInputError(
+            "data",
+            f"no record has a label on {dims} and no judgement of {cfg.train_split}.preferences.jsonl is on "
+            "them; nothing to train",
+        )
+    return run_student_loop(run, model, processor, data, _sft_loss, loss_name="ce", preferences=preferences)

@@ -8,6 +8,11 @@ Annotations are placed on the model's K score values as two-hot histograms
 exactly in expectation. Items the scorer refuses (``errors="collect"``) are left out of the metrics and
 counted in ``n_failed``.
 
+Judgements without scores (a split's preference file, docs/data.md "Preference records") are evaluated
+by :func:`evaluate_preferences`: preference HPA per dimension and pooled, "overall" judgements on the
+reward R = Σ_d w_d μ_d over the whole rubric. :func:`evaluate` adds them under
+``metrics["preferences"]``; the metrics of the scored records are computed exactly as without them.
+
 The scorer is duck-typed: anything with ``score(images, prompts, dimensions=, errors="collect")``
 returning an object with ``probs [B, D, K]``, ``mean``, ``std`` ``[B, D]``, ``reward [B]``,
 ``dimensions``, ``values``, ``errors``, and a ``config`` with ``get_score_scale()`` / ``get_rubric()``.
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .config import format_score
-from .data.records import Record, build_pairs
+from .data.records import OVERALL, Preference, Record, build_pairs, overall_is_reward, preference_dimensions
 from .errors import MissingDependencyError, UnknownDimensionError, ZRewardInputError
 from .metrics import (
     emd,
@@ -35,6 +40,7 @@ from .metrics import (
     kl_divergence,
     metric_report,
     pair_preferences,
+    preference_report,
     reliability_bins,
 )
 
@@ -222,6 +228,66 @@ def _histograms(annotations: Sequence[Sequence[float]], scale: Any) -> np.ndarra
     return out
 
 
+def judgement_means(
+    mean: np.ndarray, dimensions: Sequence[str], dimension: str, rows: np.ndarray, rubric: Any
+) -> np.ndarray:
+    """μ of the records ``rows`` on a judgement's ``dimension`` from scores ``mean [N, D]`` over
+    ``dimensions``: that column, or for ``"overall"`` the reward Σ_d w_d μ_d with the rubric's normalised
+    weights over the whole rubric (NaN where a record failed)."""
+    if dimension == OVERALL and overall_is_reward(rubric):
+        columns = [list(dimensions).index(d) for d in rubric.names]
+        weights = rubric.weights(rubric.names).double().numpy()
+        return mean[rows][:, columns] @ weights
+    return mean[rows, list(dimensions).index(dimension)]
+
+
+def evaluate_preferences(
+    scorer: Any,
+    records: Sequence[Record],
+    preferences: Sequence[Preference],
+    batch_size: int = 32,
+    progress: bool = False,
+    scored: Evaluation | None = None,
+) -> dict:
+    """Preference HPA of ``scorer`` on judgements between ``records`` (:func:`~.metrics.preference_report`:
+    pooled and per dimension, with the numbers of pairs and ties and a Wilson 95 % interval).
+
+    Judgements naming a record that is not in ``records`` (e.g. cut by ``--limit``) are left out and
+    counted in ``n_left_out``. The records judged are scored once on the dimensions the judgements need
+    (:func:`preference_dimensions`), or taken from ``scored`` when it already holds them (the same
+    records, every needed dimension). ``untrained_dimensions`` lists the judged dimensions the model's
+    training record says were never trained ("overall" when any rubric dimension was not).
+    """
+    rubric = scorer.config.get_rubric()
+    index = {r.id: i for i, r in enumerate(records)}
+    kept = [p for p in preferences if p.a in index and p.b in index]
+    needed = preference_dimensions(kept, rubric)
+    judged = list(dict.fromkeys(i for p in kept for i in (index[p.a], index[p.b])))
+    if scored is not None and scored.records == list(records) and set(needed) <= set(scored.dimensions):
+        mean, dims, row_of = scored.mean, scored.dimensions, {i: i for i in judged}
+    elif kept:
+        ev = score_records(scorer, [records[i] for i in judged], needed, batch_size, progress)
+        mean, dims, row_of = ev.mean, ev.dimensions, {i: k for k, i in enumerate(judged)}
+    else:
+        mean, dims, row_of = np.zeros((0, 0)), [], {}
+    mu_a, mu_b = np.full(len(kept), math.nan), np.full(len(kept), math.nan)
+    for dim in dict.fromkeys(p.dimension for p in kept):
+        picks = [k for k, p in enumerate(kept) if p.dimension == dim]
+        rows_a = np.array([row_of[index[kept[k].a]] for k in picks], dtype=np.int64)
+        rows_b = np.array([row_of[index[kept[k].b]] for k in picks], dtype=np.int64)
+        mu_a[picks] = judgement_means(mean, dims, dim, rows_a, rubric)
+        mu_b[picks] = judgement_means(mean, dims, dim, rows_b, rubric)
+    report = preference_report(mu_a, mu_b, [p.target for p in kept], [p.dimension for p in kept])
+    trained = getattr(scorer.config, "trained_dimensions", lambda: None)()
+    untrained = []
+    if trained is not None:
+        for dim in report["per_dimension"]:
+            covers = rubric.names if dim == OVERALL and overall_is_reward(rubric) else [dim]
+            if any(d not in trained for d in covers):
+                untrained.append(dim)
+    return {**report, "n_left_out": len(preferences) - len(kept), "untrained_dimensions": untrained}
+
+
 def evaluate(
     scorer: Any,
     records: Sequence[Record],
@@ -229,6 +295,7 @@ def evaluate(
     progress: bool = False,
     n_bins: int = 10,
     dimensions: Sequence[str] | None = None,
+    preferences: Sequence[Preference] | None = None,
 ) -> Evaluation:
     """Score ``records`` with ``scorer`` and compute the metrics (pooled and per dimension).
 
@@ -238,23 +305,47 @@ def evaluate(
         batch_size: images per ``scorer.score`` call.
         progress: show a tqdm bar on stderr.
         n_bins: bins of the calibration error.
-        dimensions: the dimensions to evaluate (each must be labelled in ``records``). Default: the
-            labelled dimensions the model was trained on (its training record), or every labelled one
-            when the record names none of them. ``metrics["untrained_dimensions"]`` lists the evaluated
-            dimensions the record says were never trained.
+        dimensions: the dimensions to evaluate (each must be labelled in ``records`` or judged in
+            ``preferences``). Default: the labelled dimensions the model was trained on (its training
+            record), or every labelled one when the record names none of them.
+            ``metrics["untrained_dimensions"]`` lists the evaluated dimensions the record says were never
+            trained. Judgements on other rubric dimensions are left out; "overall" ones are kept.
+        preferences: the split's judgements (:func:`zreward_deploy.data.load_preferences`), evaluated by
+            :func:`evaluate_preferences` into ``metrics["preferences"]``. When the records label no
+            dimension (a preference-only split), only the records judged are scored and the metrics hold
+            no scored-record block.
 
     Returns:
         The :class:`Evaluation`; ``.metrics`` holds the report.
     """
-    labelled = split_dimensions(records, scorer.config.get_rubric().names)
+    rubric = scorer.config.get_rubric()
+    labelled = split_dimensions(records, rubric.names)
     trained = getattr(scorer.config, "trained_dimensions", lambda: None)()  # duck-typed configs: unknown
+    prefs = list(preferences or ())
     if dimensions is not None:
-        dims = [d.name for d in scorer.config.get_rubric().select(list(dimensions))]
-        unlabelled = [d for d in dims if d not in labelled]
+        chosen = [d.name for d in rubric.select(list(dimensions))]
+        judged = {p.dimension for p in prefs}
+        unlabelled = [d for d in chosen if d not in labelled and d not in judged]
         if unlabelled:
             raise ZRewardInputError(unlabelled[0], f"is not labelled in these records; they label {labelled}")
+        dims = [d for d in chosen if d in labelled]
+        prefs = [
+            p
+            for p in prefs
+            if p.dimension in chosen or (p.dimension == OVERALL and overall_is_reward(rubric))
+        ]
     else:
         dims = [d for d in labelled if trained and d in trained] or labelled
+    if prefs and not dims:  # a preference-only split: score the judged records for the judgements only
+        by_id = {r.id: r for r in records}
+        judged_ids = dict.fromkeys(i for p in prefs for i in (p.a, p.b) if i in by_id)
+        judged_records = [by_id[i] for i in judged_ids]
+        ev = score_records(scorer, judged_records, preference_dimensions(prefs, rubric), batch_size, progress)
+        _add_entries(ev, scorer.config.get_score_scale())
+        ev.metrics = {"n_records": len(ev.records), "n_failed": len(ev.errors), "dimensions": ev.dimensions}
+        ev.metrics["preferences"] = evaluate_preferences(scorer, ev.records, prefs, batch_size, scored=ev)
+        ev.metrics["preferences"]["n_left_out"] += len(preferences or ()) - len(prefs)
+        return ev
     untrained = [] if trained is None else [d for d in dims if d not in trained]
     ev = score_records(scorer, records, dims, batch_size=batch_size, progress=progress)
     _add_entries(ev, scorer.config.get_score_scale())
@@ -275,6 +366,11 @@ def evaluate(
         "untrained_dimensions": untrained,
         **report,
     }
+    if prefs:
+        ev.metrics["preferences"] = evaluate_preferences(
+            scorer, records, prefs, batch_size, progress, scored=ev
+        )
+        ev.metrics["preferences"]["n_left_out"] += len(preferences or ()) - len(prefs)
     return ev
 
 
@@ -327,7 +423,60 @@ _COLUMNS = (
 
 
 def format_table(metrics: dict) -> str:
-    """A fixed-width table: one row per dimension and a pooled row, then what is undefined and why."""
+    """A fixed-width table: one row per dimension and a pooled row, then what is undefined and why; then,
+    with judgements (``metrics["preferences"]``), their table (:func:`format_preference_table`). A
+    preference-only evaluation has only the latter."""
+    tables = []
+    if "n_items" in metrics:
+        tables.append(_scored_table(metrics))
+    if "preferences" in metrics:
+        tables.append(format_preference_table(metrics["preferences"]))
+    return "\n\n".join(tables) if tables else _scored_table(metrics)
+
+
+def format_preference_table(report: dict) -> str:
+    """The judgements' table: per dimension and pooled, the non-tie pairs, the ties, HPA and its Wilson
+    95 % interval; then what is undefined and what was left out."""
+    blocks = [*report.get("per_dimension", {}).items(), ("pooled", report)]
+    width = max([len(name) for name, _ in blocks] + [11])
+    header = f"{'preferences':<{width}} {'pairs':>6} {'ties':>6} {'HPA':>6}  95% CI"
+    lines = [header, "-" * (len(header) + 10)]
+    untrained = set(report.get("untrained_dimensions", ()))
+    for name, block in blocks:
+        hpa = block.get("hpa")
+        lo, hi = block.get("hpa_ci95") or (None, None)
+        if hpa is None or not math.isfinite(hpa):
+            cells = f"{'n/a':>6}  n/a"
+        else:
+            cells = f"{hpa:>6.3f}  [{lo:.3f}, {hi:.3f}]"
+        note = "  (untrained)" if name in untrained else ""
+        lines.append(
+            f"{name:<{width}} {block.get('n_pairs', 0):>6d} {block.get('n_ties', 0):>6d} {cells}{note}"
+        )
+    notes = []
+    if report.get("n_unscored"):
+        notes.append(f"{report['n_unscored']} judgement(s) have a side that could not be scored")
+    if report.get("n_left_out"):
+        notes.append(
+            f"{report['n_left_out']} judgement(s) left out (a record outside the evaluated ones, or a "
+            "dimension not selected)"
+        )
+    if untrained:
+        notes.append(
+            f"(untrained): the model's training record says {', '.join(sorted(untrained))} were never "
+            "(fully) trained"
+        )
+    undefined = [
+        f"  {name}.{metric}: {reason}"
+        for name, block in blocks
+        for metric, reason in block.get("undefined", {}).items()
+    ]
+    if undefined:
+        notes += ["undefined (n/a):", *undefined]
+    return "\n".join(lines + notes)
+
+
+def _scored_table(metrics: dict) -> str:
     blocks = [*metrics.get("per_dimension", {}).items(), ("pooled", metrics)]
     width = max([len(name) for name, _ in blocks] + [9])
     header = f"{'dimension':<{width}} " + " ".join(f"{title:>6}" for title, _, _ in _COLUMNS)

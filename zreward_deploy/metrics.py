@@ -14,6 +14,10 @@ values ``v [K]``, ``p`` = annotator histograms ``[N, K]`` placed on the same val
   ([v_i > v_j] + ½[v_i = v_j]). **ECE** of that probability against the human outcome 1[ŝ_a > ŝ_b]
   over equal-width bins: Σ_bins (n_bin / n) |mean outcome − mean probability|.
 - **Spread**: the std of q against the std of p, as their means and their Pearson correlation.
+- **Preference HPA** (judgements without scores, docs/data.md "Preference records"): over the non-tie
+  judgements "a preferred to b" (target t = 1) or "b preferred to a" (t = 0), correct iff
+  (μ_a − μ_b)(2t − 1) > 0: the HPA rule with the judgement in place of ŝ_a − ŝ_b (a predicted tie is
+  wrong, human ties are skipped and counted). With a Wilson 95 % interval.
 
 Nothing here raises or warns on small or degenerate input: a metric that is undefined (no pairs, fewer
 than 2 items, zero variance, no annotations) is NaN and its :class:`MetricValue` says why. Entries with a
@@ -96,6 +100,75 @@ def hpa(
 def margin_hpa(pred, human, pairs) -> MetricValue:
     """HPA over pairs with |ŝ_a − ŝ_b| > 0.5 (:data:`MARGIN`)."""
     return hpa(pred, human, pairs, min_gap=MARGIN)
+
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def binomial_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (95 % for the default ``z``); ``(nan, nan)``
+    for ``n = 0``. Unlike the normal approximation it stays inside [0, 1] and is sensible near 0 and 1."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends (no rounding residue)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
+
+
+def preference_hpa(
+    pred_a: np.ndarray | Sequence[float],
+    pred_b: np.ndarray | Sequence[float],
+    target: np.ndarray | Sequence[float],
+) -> MetricValue:
+    """HPA over judgements ``[P]``: ``target`` = 1 (a preferred), 0 (b preferred) or 0.5 (tie, skipped);
+    correct iff (μ_a − μ_b)(2t − 1) > 0, so a predicted tie is wrong (as in :func:`hpa`). Judgements with
+    a non-finite prediction are left out. Undefined without a usable non-tie judgement."""
+    pred_a, pred_b, target = _as_1d(pred_a), _as_1d(pred_b), _as_1d(target)
+    keep = np.isfinite(pred_a) & np.isfinite(pred_b) & (target != 0.5)
+    if not keep.any():
+        return _undefined(0, "no non-tie judgement with scores on both sides")
+    correct = (pred_a[keep] - pred_b[keep]) * (2 * target[keep] - 1) > 0
+    return MetricValue(float(correct.mean()), int(keep.sum()))
+
+
+def _preference_block(pred_a: np.ndarray, pred_b: np.ndarray, target: np.ndarray) -> dict:
+    finite = np.isfinite(pred_a) & np.isfinite(pred_b)
+    m = preference_hpa(pred_a, pred_b, target)
+    correct = 0 if m.n == 0 else round(m.value * m.n)
+    lo, hi = binomial_interval(correct, m.n)
+    out = {
+        "n_preferences": len(target),
+        "n_pairs": m.n,
+        "n_ties": int((finite & (target == 0.5)).sum()),
+        "n_unscored": int((~finite).sum()),
+        "hpa": m.value,
+        "hpa_ci95": [lo, hi],
+        "undefined": {"hpa": m.undefined} if m.undefined else {},
+    }
+    return out
+
+
+def preference_report(
+    pred_a: np.ndarray | Sequence[float],
+    pred_b: np.ndarray | Sequence[float],
+    target: np.ndarray | Sequence[float],
+    dimension: Sequence[str],
+) -> dict:
+    """Preference HPA pooled over all judgements and per dimension (``dimension [P]``, e.g.
+    ``"overall"``): ``{"n_preferences", "n_pairs" (non-tie, scored), "n_ties", "n_unscored" (a side
+    the scorer failed on), "hpa", "hpa_ci95": [lo, hi] (Wilson), "undefined", "per_dimension": {...}}``."""
+    pred_a, pred_b, target = _as_1d(pred_a), _as_1d(pred_b), _as_1d(target)
+    dimension = np.asarray(dimension, dtype=object)
+    report = _preference_block(pred_a, pred_b, target)
+    report["per_dimension"] = {
+        name: _preference_block(pred_a[rows], pred_b[rows], target[rows])
+        for name in dict.fromkeys(dimension.tolist())
+        for rows in [dimension == name]
+    }
+    return report
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``zreward eval --model DIR --data DIR``: score a split and report HPA, correlations, distribution and
-calibration metrics (docs/data.md)."""
+calibration metrics, and the preference HPA of the split's judgements when it has a preference file
+(docs/data.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dimensions",
         help="comma-separated dimensions to evaluate (default: the labelled ones the model was trained on)",
     )
-    p.add_argument("--limit", type=int, help="evaluate only the first N records of the split")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate only the first N records of the split (and the judgements between them)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument(
         "--per-item", metavar="FILE.jsonl", help="write per-item predictions and human scores here"
@@ -39,7 +44,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import sys
 
     from ..cliargs import check_device, parse_list
-    from ..data import load_split
+    from ..data import load_preferences, load_split
     from ..errors import ZRewardInputError
     from ..evaluation import evaluate, format_table, metrics_json, write_per_item, write_plots
     from ..scoring import load_scorer
@@ -59,18 +64,32 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     config = scorer.config
     records = load_split(args.data, args.split, scale=config.get_score_scale(), rubric=config.get_rubric())
+    preferences = load_preferences(
+        args.data, args.split, config.get_score_scale(), config.get_rubric(), records=records
+    )
     if args.limit is not None:
         records = records[: args.limit]
     progress = not args.quiet and sys.stderr.isatty()
     dims = parse_list(args.dimensions, "--dimensions")
-    ev = evaluate(scorer, records, batch_size=args.batch_size, progress=progress, dimensions=dims)
+    ev = evaluate(
+        scorer,
+        records,
+        batch_size=args.batch_size,
+        progress=progress,
+        dimensions=dims,
+        preferences=preferences,
+    )
     if args.per_item:
         write_per_item(ev, args.per_item)
     plots = write_plots(ev, args.plots) if args.plots else []
     if args.json:
         print(metrics_json(ev.metrics, split=args.split, backend=args.backend))
     else:
-        print(f"{args.data} [{args.split}]: {len(records)} items, model {args.model}, backend {args.backend}")
+        judged = f", {len(preferences)} judgements" if preferences else ""
+        print(
+            f"{args.data} [{args.split}]: {len(records)} items{judged}, model {args.model}, "
+            f"backend {args.backend}"
+        )
         print(format_table(ev.metrics))
         for path in ([args.per_item] if args.per_item else []) + [str(p) for p in plots]:
             print(f"wrote {path}")

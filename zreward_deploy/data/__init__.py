@@ -1,6 +1,7 @@
-"""Datasets: the records and pairs (:mod:`.records`), the parser of one line (:mod:`.parse`), the JSONL
-format with its validator and loaders (:mod:`.format`), and the synthetic generator (:mod:`.synth`,
-imported on use). See docs/data.md."""
+"""Datasets: the records, preference judgements and pairs (:mod:`.records`), the parser of one line
+(:mod:`.parse`), the JSONL format with its validator and loaders (:mod:`.format`), preference datasets
+made from scored ones (:mod:`.preferences`), and the synthetic generator (:mod:`.synth`, imported on
+use). See docs/data.md."""
 
 import importlib
 from typing import TYPE_CHECKING, Any
@@ -9,12 +10,18 @@ from typing import TYPE_CHECKING, Any
 # submodule (``synth_config``) does not import the format's dependencies (transformers, through config)
 _EXPORTS = {
     "load_dataset": "format",
+    "load_preferences": "format",
     "load_split": "format",
     "read_dataset": "format",
+    "read_preferences": "format",
     "validate_dataset": "format",
+    "preferences_from_scores": "preferences",
+    "write_preference_dataset": "preferences",
+    "OVERALL": "records",
     "SPLITS": "records",
     "DatasetError": "records",
     "Pair": "records",
+    "Preference": "records",
     "Problem": "records",
     "Record": "records",
     "aggregate_annotations": "records",
@@ -32,19 +39,43 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .format import load_dataset, load_split, read_dataset, validate_dataset
-    from .records import SPLITS, DatasetError, Pair, Problem, Record, aggregate_annotations, build_pairs
+    from .format import (
+        load_dataset,
+        load_preferences,
+        load_split,
+        read_dataset,
+        read_preferences,
+        validate_dataset,
+    )
+    from .preferences import preferences_from_scores, write_preference_dataset
+    from .records import (
+        OVERALL,
+        SPLITS,
+        DatasetError,
+        Pair,
+        Preference,
+        Problem,
+        Record,
+        aggregate_annotations,
+        build_pairs,
+    )
 
 __all__ = [
+    "OVERALL",
     "SPLITS",
     "DatasetError",
     "Pair",
+    "Preference",
     "Problem",
     "Record",
     "aggregate_annotations",
     "build_pairs",
     "load_dataset",
+    "load_preferences",
     "load_split",
+    "preferences_from_scores",
     "read_dataset",
+    "read_preferences",
     "validate_dataset",
+    "write_preference_dataset",
 ]

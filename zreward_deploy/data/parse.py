@@ -1,6 +1,6 @@
-"""Parsing one JSONL line into a :class:`~.records.Record`, total: every problem a line holds is reported
-on its field (never an exception), however malformed, deep, huge or hostile the input (docs/data.md,
-"What `data check` refuses")."""
+"""Parsing one JSONL line into a :class:`~.records.Record` (a split file) or a :class:`~.records.Preference`
+(a preference file), total: every problem a line holds is reported on its field (never an exception),
+however malformed, deep, huge or hostile the input (docs/data.md, "What `data check` refuses")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,17 @@ from typing import Any
 
 from ..config import ScoreScale
 from ..fileio import is_within
-from .records import OPTIONAL_FIELDS, REQUIRED_FIELDS, Problem, Record
+from .records import (
+    OPTIONAL_FIELDS,
+    OVERALL,
+    PREFERENCE_OPTIONAL_FIELDS,
+    PREFERENCE_REQUIRED_FIELDS,
+    PREFERRED_VALUES,
+    REQUIRED_FIELDS,
+    Preference,
+    Problem,
+    Record,
+)
 
 # Deeper than this is refused: a record needs three levels, and deep trees break later consumers (repr,
 # pickling to data-loader workers) long before the JSON parser's own recursion limit.
@@ -328,21 +338,9 @@ def _parse_record(
     def problem(field_name: str | None, reason: str) -> None:
         problems.append(Problem(file, line, field_name, reason))
 
-    try:
-        # NaN / Infinity are accepted here so that the check that reads the field names it
-        obj, duplicates, holders = _loads(text)
-    except json.JSONDecodeError as exc:
-        problem(None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+    obj = _parse_object(text, problem)
+    if obj is None:
         return None
-    except RecursionError:
-        problem(None, f"malformed JSON: nested too deeply to parse (the limit is {MAX_JSON_DEPTH} levels)")
-        return None
-    if not isinstance(obj, dict):
-        problem(None, f"a line must be a JSON object, got {type(obj).__name__}")
-        return None
-    if _may_hide_structure_problems(text, holders):
-        _structure_problems(obj, duplicates, problem)
-
     for name in obj:
         if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
             problem(_join(None, name), f"unknown field; allowed: {[*REQUIRED_FIELDS, *OPTIONAL_FIELDS]}")
@@ -382,6 +380,104 @@ def _parse_record(
         image_path=image_path,
         scores=scores,
         annotations=annotations,
+        meta=meta,
+        split=split,
+        line=line,
+    )
+
+
+def _parse_object(text: str, problem: Callable[[str | None, str], None]) -> dict | None:
+    """The JSON object of one line, with the problems of its structure reported (duplicate keys, lone
+    surrogates, depth, NaN in ``meta``); ``None`` when the line is not a JSON object."""
+    try:
+        # NaN / Infinity are accepted here so that the check that reads the field names it
+        obj, duplicates, holders = _loads(text)
+    except json.JSONDecodeError as exc:
+        problem(None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+        return None
+    except RecursionError:
+        problem(None, f"malformed JSON: nested too deeply to parse (the limit is {MAX_JSON_DEPTH} levels)")
+        return None
+    if not isinstance(obj, dict):
+        problem(None, f"a line must be a JSON object, got {type(obj).__name__}")
+        return None
+    if _may_hide_structure_problems(text, holders):
+        _structure_problems(obj, duplicates, problem)
+    return obj
+
+
+def parse_preference(
+    text: str, *, file: str, line: int, split: str, rubric_names: Sequence[str]
+) -> tuple[Preference | None, list[Problem]]:
+    """Parse and validate one line of a preference file (docs/data.md, "Preference records"). Returns
+    the judgement (``None`` when it is unusable) and every problem found on the line.
+
+    Checked here: JSON and its structure (as for records), unknown fields, ``a`` / ``b`` / ``dimension``
+    / ``preferred`` present and non-empty strings (``id`` too when given), ``a`` ≠ ``b``, ``dimension`` in
+    the rubric or ``"overall"``, ``preferred`` one of ``"a"``, ``"b"``, ``"tie"``, ``meta`` an object.
+    What needs the split's records (the ids exist, same prompt) and uniqueness of ids are checked by the
+    caller (:func:`~.format.read_dataset`). Total, like :func:`parse_record`.
+    """
+    problems: list[Problem] = []
+    try:
+        pref = _parse_preference(text, problems, file, line, split, rubric_names)
+    except Exception as exc:  # defence in depth: one line's failure must not lose the rest of the report
+        problems.append(
+            Problem(file, line, None, f"internal error while checking this line: {_describe(exc)}")
+        )
+        return None, problems
+    return pref, problems
+
+
+def _parse_preference(
+    text: str, problems: list[Problem], file: str, line: int, split: str, rubric_names: Sequence[str]
+) -> Preference | None:
+    def problem(field_name: str | None, reason: str) -> None:
+        problems.append(Problem(file, line, field_name, reason))
+
+    obj = _parse_object(text, problem)
+    if obj is None:
+        return None
+    allowed = [*PREFERENCE_REQUIRED_FIELDS, *PREFERENCE_OPTIONAL_FIELDS]
+    for name in obj:
+        if name not in allowed:
+            problem(_join(None, name), f"unknown field; allowed: {allowed}")
+    strings = {}
+    for name in ("id", *PREFERENCE_REQUIRED_FIELDS):
+        if name not in obj:
+            if name != "id":
+                problem(name, "missing required field")
+            continue
+        value = obj[name]
+        if not isinstance(value, str) or not value.strip():
+            problem(name, f"must be a non-empty string, got {_show(value)}")
+        elif _surrogate_at(value) is None:  # a lone surrogate was reported above
+            strings[name] = value
+    if "a" in strings and strings.get("b") == strings["a"]:
+        problem("b", f"is the same record as a ({_show(strings['a'])}); a judgement compares two records")
+        del strings["b"]
+    dimension = strings.get("dimension")
+    if dimension is not None and dimension not in rubric_names and dimension != OVERALL:
+        problem(
+            "dimension",
+            f"unknown dimension {_show(dimension)}; the rubric has {list(rubric_names)}, or use {OVERALL!r} "
+            "(the model's reward over the whole rubric)",
+        )
+    preferred = strings.get("preferred")
+    if preferred is not None and preferred not in PREFERRED_VALUES:
+        problem("preferred", f"must be one of {list(PREFERRED_VALUES)}, got {_show(preferred)}")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        problem("meta", "must be an object")
+    if problems:
+        return None
+    a, b = strings["a"], strings["b"]
+    return Preference(
+        id=strings.get("id", f"{a}|{b}|{dimension}"),
+        a=a,
+        b=b,
+        dimension=strings["dimension"],
+        preferred=strings["preferred"],  # type: ignore[arg-type]  (checked above)
         meta=meta,
         split=split,
         line=line,

@@ -1,4 +1,5 @@
-"""The records of a dataset (:class:`Record`, one JSONL line), the problems found in one
+"""The records of a dataset (:class:`Record`, one JSONL line), the preference judgements beside them
+(:class:`Preference`, one line of a ``{split}.preferences.jsonl``), the problems found in either
 (:class:`Problem`), and the preference pairs built from human scores (:func:`build_pairs`). The format
 itself: :mod:`.format` and docs/data.md."""
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ZRewardInputError
+from ..errors import UnknownDimensionError, ZRewardInputError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_FIELDS: tuple[str, ...] = ("prompt_id", "prompt", "image")
@@ -20,6 +21,19 @@ OPTIONAL_FIELDS: tuple[str, ...] = ("id", "scores", "annotations", "meta")
 TIE_TOLERANCE = 1e-9
 
 ScoreSource = Literal["auto", "scores", "annotations"]
+
+# A preference file's line: {"id", "a", "b", "dimension", "preferred", "meta"} (docs/data.md, "Preference
+# records"). "overall" compares the model's scalar reward R = sum_d w_d mu_d over the whole rubric.
+PREFERENCE_REQUIRED_FIELDS: tuple[str, ...] = ("a", "b", "dimension", "preferred")
+PREFERENCE_OPTIONAL_FIELDS: tuple[str, ...] = ("id", "meta")
+PREFERRED_VALUES: tuple[str, ...] = ("a", "b", "tie")
+OVERALL = "overall"
+Preferred = Literal["a", "b", "tie"]
+
+
+def preferences_file(split: str) -> str:
+    """The name of a split's preference file: ``test`` -> ``test.preferences.jsonl``."""
+    return f"{split}.preferences.jsonl"
 
 
 class DatasetError(ZRewardInputError):
@@ -97,6 +111,41 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Preference:
+    """One judgement of a split's preference file: record ``a`` preferred to record ``b`` (or the
+    other way round, or a tie) on ``dimension``.
+
+    Attributes:
+        id: unique within the dataset's preference files (default ``"{a}|{b}|{dimension}"``).
+        a, b: ids of two different records of the same split file with the same ``prompt_id``.
+        dimension: a rubric dimension, or ``"overall"`` (the model's reward R = Σ_d w_d μ_d over the
+            whole rubric, with the rubric's normalised weights) unless the rubric itself has a dimension of
+            that name.
+        preferred: ``"a"``, ``"b"`` or ``"tie"``.
+        meta: free-form extra data (e.g. the source set and its original row).
+        split: the split the judgement belongs to; line: its 1-based line in the preference file.
+    """
+
+    id: str
+    a: str
+    b: str
+    dimension: str
+    preferred: Preferred
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    split: str = ""
+    line: int = 0
+
+    @property
+    def target(self) -> float:
+        """P(a ≻ b) as the judgement states it: 1 (a), 0 (b) or 0.5 (tie)."""
+        return {"a": 1.0, "b": 0.0, "tie": 0.5}[self.preferred]
+
+    @property
+    def is_tie(self) -> bool:
+        return self.preferred == "tie"
+
+
+@dataclass(frozen=True)
 class Pair:
     """Two same-prompt records (indices ``a < b`` into the record list) with different human scores on
     ``dimension``."""
@@ -164,6 +213,26 @@ def build_pairs(
                     if abs(s_i - s_j) > min_gap + TIE_TOLERANCE:
                         pairs.append(Pair(i, j, dim, s_i, s_j))
     return pairs
+
+
+def overall_is_reward(rubric: Any) -> bool:
+    """``"overall"`` names the reward unless ``rubric`` (anything with ``names``) has a dimension of that
+    name."""
+    return OVERALL not in rubric.names
+
+
+def preference_dimensions(preferences: Iterable[Preference], rubric: Any) -> list[str]:
+    """The rubric dimensions a model must score to evaluate (or train on) ``preferences``, in rubric
+    order: each judged dimension, and every rubric dimension when one judgement is on ``"overall"`` (the
+    reward). A dimension the rubric lacks raises :class:`UnknownDimensionError`."""
+    judged = dict.fromkeys(p.dimension for p in preferences)
+    reward = OVERALL in judged and overall_is_reward(rubric)
+    unknown = [d for d in judged if d not in rubric.names and not (reward and d == OVERALL)]
+    if unknown:
+        raise UnknownDimensionError(
+            unknown[0], f"a judgement is on it but the model's rubric has only {list(rubric.names)}"
+        )
+    return list(rubric.names) if reward else [d for d in rubric.names if d in judged]
 
 
 def printable(text: str) -> str:
