@@ -14,8 +14,10 @@ venv="${ZREWARD_LINE_VENV:-.venv-transformers-4.57}"
 # activated, so that the tests' subprocesses (the `zreward` console script among them) are this line's
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-# torch first, from the local CPU build (as in the README), then the package with the optimum-onnx exporter
-pip install -q torch==2.13.0 && pip install -q -e ".[optimum,triton,dev]"
+# torch first, from the local CPU build (as in the README), then the package with the optimum-onnx exporter.
+# diffusers from 0.40 on needs huggingface-hub>=1, which transformers 4.57 refuses: saying so here spares pip
+# 23.2's resolver minutes of backtracking through every diffusers release (and ends on the same version).
+pip install -q torch==2.13.0 && pip install -q -e ".[optimum,triton,dev]" "diffusers<0.40"
 python - <<'PY'
 import transformers, optimum.exporters.onnx  # noqa: F401  (fails loudly if the extra did not resolve)
 assert transformers.__version__.startswith("4.57."), transformers.__version__

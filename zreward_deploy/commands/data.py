@@ -1,4 +1,5 @@
-"""``zreward data check DIR`` and ``zreward data synth --out DIR ...`` (dataset format: docs/data.md)."""
+"""``zreward data check DIR``, ``zreward data synth --out DIR ...`` and ``zreward data import FORMAT SRC
+--out DIR`` (dataset format and importers: docs/data.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,154 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # the fields of SynthConfig (zreward_deploy.data.synth_config, light), added when `data synth` is parsed
     defer_dataclass_arguments(synth, _synth_config)
     synth.set_defaults(func=run_synth)
+    _register_import(commands)
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+
+
+# the importer registry's names, repeated here so that `zreward --help` imports no importer
+IMPORT_FORMATS = (
+    "agiqa-3k",
+    "richhf-18k",
+    "imagerewarddb",
+    "evalmuse-40k",
+    "pickapic-v2",
+    "hpdv2",
+    "scored-pairs",
+)
+
+
+def _register_import(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import",
+        help="import a local copy of a public rating / preference set (docs/data.md, 'Importing public sets')",
+        description="Import a public set into the package's dataset format: records on the rubric and the "
+        "model's score scale, pairwise judgements in {split}.preferences.jsonl, images once each. Exit "
+        "status: 0 imported (skipped rows are counted, printed and listed in DIR/import_report.json), "
+        "1 nothing could be imported, 2 bad usage or a source that is not the set's format.",
+    )
+    imp.add_argument(
+        "format", choices=IMPORT_FORMATS, metavar="FORMAT", help=f"one of {', '.join(IMPORT_FORMATS)}"
+    )
+    imp.add_argument(
+        "src", metavar="SRC", help="the set's files as it ships them (a folder, or its main file)"
+    )
+    imp.add_argument("--out", required=True, help="dataset folder to write (new or empty unless --overwrite)")
+    imp.add_argument(
+        "--images",
+        help="where the images are when not in SRC; richhf-18k: the local Pick-a-Pic copy (parquet or "
+        "save_to_disk folder) that holds its images and prompts",
+    )
+    imp.add_argument(
+        "--map",
+        action="append",
+        metavar="FIELD=DIM",
+        help="send a set field to a rubric dimension (repeatable)",
+    )
+    imp.add_argument(
+        "--drop", action="append", metavar="FIELD", help="do not import a set field (repeatable)"
+    )
+    imp.add_argument(
+        "--source-range",
+        action="append",
+        metavar="FIELD=LO:HI",
+        help="correct a field's scale in the set (repeatable; default: the set's documented scale)",
+    )
+    imp.add_argument("--scale-min", type=float, help="lowest score of the model's scale (default 1)")
+    imp.add_argument("--scale-max", type=float, help="highest score of the model's scale (default 5)")
+    imp.add_argument("--model", help="take the score scale and rubric from this model directory's config")
+    imp.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "val", "test"],
+        help="write only this split (repeatable)",
+    )
+    imp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="sets without their own split: share of prompts in val",
+    )
+    imp.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.15,
+        help="sets without their own split: share of prompts in test",
+    )
+    imp.add_argument("--source-split", help="the split of a single source file whose name does not tell it")
+    imp.add_argument("--max-rows", type=int, help="stop after this many source rows")
+    imp.add_argument(
+        "--resume", action="store_true", help="continue an interrupted import with the same options"
+    )
+    imp.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder and discard an interrupted import"
+    )
+    imp.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    imp.add_argument("--dimension", action="append", help="scored-pairs: pair on this dimension (repeatable)")
+    imp.add_argument(
+        "--min-gap", type=float, default=0.0, help="scored-pairs: least score difference of a pair"
+    )
+    imp.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import, print one summary line and the first skipped rows; exit 0, or 1 when nothing was
+    imported."""
+    from ..data.importers import import_dataset
+    from ..data.importers.mapping import parse_assignments
+    from ..data.records import printable as _printable
+    from ..errors import ZRewardInputError
+
+    scale = None
+    if args.scale_min is not None or args.scale_max is not None:
+        if args.model:
+            raise ZRewardInputError(
+                "--model", "takes the scale from the model; do not also give --scale-min/--scale-max"
+            )
+        scale = (
+            1.0 if args.scale_min is None else args.scale_min,
+            5.0 if args.scale_max is None else args.scale_max,
+        )
+    report = import_dataset(
+        args.format,
+        args.src,
+        args.out,
+        mapping=parse_assignments(args.map, "--map"),
+        drop=args.drop or (),
+        source_ranges=args.source_range,
+        scale=scale,
+        model=args.model,
+        splits=args.split,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        images=args.images,
+        source_split=args.source_split,
+        max_rows=args.max_rows,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        dimensions=args.dimension,
+        min_gap=args.min_gap,
+    )
+    if report.format == "scored-pairs":
+        counts = ", ".join(
+            f"{split}: {report.records.get(split, 0)} records, {n} preferences"
+            for split, n in report.preferences.items()
+        )
+        _emit(
+            f"wrote {_printable(args.out)} from {_printable(args.src)} ({counts or 'no split'}) "
+            f"in {report.seconds:.1f} s"
+        )
+        return 0
+    _emit(_printable(report.summary()))
+    for note in report.extra.get("notes", []):
+        _emit(_printable(f"  {note}"))
+    for problem in report.problems[:10]:
+        where = f"{problem['file']}:{problem['row']}"
+        field = f" {problem['field']}:" if problem["field"] else ""
+        _emit(_printable(f"  skipped ({problem['kind']}) {where}:{field} {problem['reason']}"))
+    if report.problems_total > 10:
+        _emit(f"  ... and {report.problems_total - 10} more in {_printable(report.out)}/import_report.json")
+    return 0 if report.rows_imported else 1
 
 
 class _Progress:
