@@ -34,7 +34,7 @@ def data(tmp_path_factory):
     from zreward_deploy.data.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("run_rules_data")
-    generate_dataset(root, SynthConfig(prompts=6, images_per_prompt=3, image_size=32, seed=0))
+    generate_dataset(root, SynthConfig(prompts=6, images_per_prompt=3, image_size=32, seed=0, style="flat"))
     return root
 
 
