@@ -305,7 +305,7 @@ def test_readme_command_table_lists_every_command_group():
     table = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `zreward (\w+)", table, flags=re.M)
     groups = _command_groups()
-    assert len(groups) == 9
+    assert len(groups) == 10
     assert set(rows) == set(groups), f"README lacks {sorted(set(groups) - set(rows))}"
 
 

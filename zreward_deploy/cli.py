@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "zreward_deploy.commands.export",
     "zreward_deploy.commands.bench",
     "zreward_deploy.commands.train",
+    "zreward_deploy.commands.refl",
 )
 
 
