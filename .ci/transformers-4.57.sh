@@ -30,7 +30,10 @@ PY
 # transformers use is the Scorer / model calls that the tests kept here already run on this line (scoring,
 # score_tensor's gradients, native models, every trainer): the HTTP server and its clients (tests/serving),
 # the dataset importers and the preference-file format (pure file parsing), the photo-transfer benchmark and
-# the diffusers fine-tuning (tests/refl; diffusers' own version is pinned for this line above).
+# the diffusers fine-tuning (tests/refl; diffusers' own version is pinned for this line above), and the
+# harness and command-line plumbing around already-tested models: the GPU bench's dry run, the latency and
+# memory benches and the CLI conventions (tests/test_user_experience.py). Everything they call on a model
+# runs in the tests kept.
 exec pytest -p no:cacheprovider \
     --ignore=tests/kernels \
     --ignore=tests/test_metrics.py \
@@ -45,4 +48,8 @@ exec pytest -p no:cacheprovider \
     --ignore=tests/test_importers_bench.py \
     --ignore=tests/test_preferences.py \
     --ignore=tests/bench/test_bench_transfer.py \
+    --ignore=tests/bench/test_bench_gpu.py \
+    --ignore=tests/bench/test_bench_latency.py \
+    --ignore=tests/bench/test_bench_memory.py \
+    --ignore=tests/test_user_experience.py \
     "$@"
