@@ -1,5 +1,7 @@
-"""The synthetic dataset generator: determinism, format, defect -> dimension truth and annotator spread."""
+"""The synthetic dataset generator: determinism, format, defect -> dimension truth and annotator spread;
+the flat style's bytes pinned, the natural style's image statistics measured."""
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -11,11 +13,13 @@ from PIL import Image
 from zreward_deploy.data import build_pairs, load_dataset, validate_dataset
 from zreward_deploy.data.synth import (
     ANNOTATOR_NOISE,
+    COLOURS,
     DIMENSIONS,
     PromptSpec,
     Shape,
     SynthConfig,
     apply_mismatch,
+    draw_prompt,
     generate_dataset,
     ground_truth,
     render_image,
@@ -155,28 +159,168 @@ def _sharpness(image: Image.Image) -> float:
     return float((np.diff(g, axis=1) ** 2).mean())
 
 
-def test_realism_defects_change_the_pixels_as_described():
+def _laplacian(a: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of a 2-D array (interior pixels)."""
+    return a[1:-1, :-2] + a[1:-1, 2:] + a[:-2, 1:-1] + a[2:, 1:-1] - 4 * a[1:-1, 1:-1]
+
+
+def _detail(image: Image.Image) -> float:
+    """Variance of the grey image's Laplacian: fine detail (texture, edges, noise)."""
+    return float(_laplacian(np.asarray(image.convert("L"), np.float64)).var())
+
+
+def _chroma_noise(image: Image.Image) -> float:
+    """Robust estimate of the per-pixel noise in R - G, grey levels: the median absolute deviation of its
+    Laplacian (sparse edges do not move a median), divided by the Laplacian's gain on white noise (√20)."""
+    a = np.asarray(image, np.float64)
+    lap = _laplacian(a[..., 0] - a[..., 1]).ravel()
+    return float(1.4826 * np.median(np.abs(lap - np.median(lap))) / math.sqrt(20))
+
+
+def _scene(seed: int, defects: dict, style: str = "natural") -> Image.Image:
+    """A random prompt's scene; the same seed gives the same scene, so only ``defects`` differ."""
+    spec = draw_prompt(np.random.default_rng([1, seed]))
+    return render_image(spec.objects, defects, 64, np.random.default_rng([2, seed]), style=style)
+
+
+@pytest.mark.parametrize("style", ["natural", "flat"])
+def test_realism_defects_change_the_pixels_as_described(style):
     objs = (Shape("square", "red", 0.5, 0.3),)
-    clean = render_image(objs, {}, 64, np.random.default_rng(0))
-    blurred = render_image(objs, {"blur": 1.0}, 64, np.random.default_rng(0))
-    noisy = render_image(objs, {"noise": 1.0}, 64, np.random.default_rng(0))
+    clean = render_image(objs, {}, 64, np.random.default_rng(0), style=style)
+    blurred = render_image(objs, {"blur": 1.0}, 64, np.random.default_rng(0), style=style)
+    noisy = render_image(objs, {"noise": 1.0}, 64, np.random.default_rng(0), style=style)
     assert _sharpness(blurred) < 0.5 * _sharpness(clean)
-    assert _sharpness(noisy) > 5 * _sharpness(clean)
-    # the red object is in the clean image and gone from an empty scene
+    assert _sharpness(noisy) > 3 * _sharpness(clean)
+
+
+def test_flat_scene_shows_the_object_in_its_flat_colour():
     red = lambda im: int(((np.asarray(im)[..., 0] > 180) & (np.asarray(im)[..., 1] < 90)).sum())  # noqa: E731
-    assert red(clean) > 100 and red(render_image((), {}, 64, np.random.default_rng(0))) == 0
+    clean = render_image((Shape("square", "red", 0.5, 0.3),), {}, 64, np.random.default_rng(0), style="flat")
+    assert red(clean) > 100 and red(render_image((), {}, 64, np.random.default_rng(0), style="flat")) == 0
 
 
-def test_float_lifts_the_object_above_its_shadow():
+@pytest.mark.parametrize("style", ["natural", "flat"])
+def test_float_lifts_the_object_above_its_shadow(style):
     objs = (Shape("square", "blue", 0.5, 0.3),)
 
     def lowest_blue_row(im: Image.Image) -> int:
         a = np.asarray(im).astype(int)
-        return int(np.flatnonzero(((a[..., 2] > 150) & (a[..., 0] < 90)).any(axis=1)).max())
+        return int(np.flatnonzero(((a[..., 2] > 120) & (a[..., 2] > a[..., 0] + 60)).any(axis=1)).max())
 
-    grounded = render_image(objs, {}, 64, np.random.default_rng(0))
-    floating = render_image(objs, {"float": 1.0}, 64, np.random.default_rng(0))
+    grounded = render_image(objs, {}, 64, np.random.default_rng(0), style=style)
+    floating = render_image(objs, {"float": 1.0}, 64, np.random.default_rng(0), style=style)
     assert lowest_blue_row(grounded) - lowest_blue_row(floating) > 15  # lifted 0.35 * 64 = 22 px
+
+
+# Written by the generator before the natural style existed (git 2662142, seed 7, 5 prompts x 3 images),
+# sha256 prefixes; synth.json compared without the "style" key it has since gained.
+FLAT_64PX = {
+    "images/p0_0.png": "974c292bb4b1f934",
+    "images/p0_1.png": "5834814131872cf0",
+    "images/p0_2.png": "c160fadae173c280",
+    "images/p1_0.png": "d15e02818ced2fdf",
+    "images/p1_1.png": "fea02dab9b684bcc",
+    "images/p1_2.png": "f40b3f78db0df906",
+    "images/p2_0.png": "e3a878366aa97d9a",
+    "images/p2_1.png": "7d138b1ecb48778e",
+    "images/p2_2.png": "711ece58eb468d8a",
+    "images/p3_0.png": "39e102a58cc5ea95",
+    "images/p3_1.png": "bdead43eb71d3f13",
+    "images/p3_2.png": "3177f21e89796fa9",
+    "images/p4_0.png": "07b5387a3308462c",
+    "images/p4_1.png": "463a241bbb44adda",
+    "images/p4_2.png": "c46f460ee8d6a458",
+    "synth.json": "5920285517f09d17",
+    "test.jsonl": "7a98a282beb6d472",
+    "train.jsonl": "64158039fb9d108f",
+    "val.jsonl": "6dd24478be5a1bf0",
+}
+FLAT_40PX_ALL = "6a7052cb2eef68e1"  # sha256 prefix of the sorted JSON of the 40 px files' prefixes
+
+
+def _flat_digests(root: Path) -> dict[str, str]:
+    out = {}
+    for name, data in _files(root).items():
+        if name == "synth.json":
+            manifest = json.loads(data)
+            assert manifest["config"].pop("style") == "flat"
+            data = (json.dumps(manifest, indent=2) + "\n").encode()
+        out[name] = hashlib.sha256(data).hexdigest()[:16]
+    return out
+
+
+def test_flat_style_writes_the_bytes_of_the_original_generator(tmp_path):
+    for size in (64, 40):
+        cfg = SynthConfig(prompts=5, images_per_prompt=3, seed=7, image_size=size, style="flat")
+        generate_dataset(tmp_path / str(size), cfg)
+    assert _flat_digests(tmp_path / "64") == FLAT_64PX
+    every = json.dumps(_flat_digests(tmp_path / "40"), sort_keys=True).encode()
+    assert hashlib.sha256(every).hexdigest()[:16] == FLAT_40PX_ALL
+
+
+def test_natural_style_is_the_default_and_changes_the_pixels_only(tmp_path):
+    base = {"prompts": 5, "images_per_prompt": 3, "seed": 7}
+    assert SynthConfig().style == "natural"
+    generate_dataset(tmp_path / "natural", SynthConfig(**base))
+    generate_dataset(tmp_path / "flat", SynthConfig(**base, style="flat"))
+    natural, flat = _files(tmp_path / "natural"), _files(tmp_path / "flat")
+    for split in ("train.jsonl", "val.jsonl", "test.jsonl"):  # prompts, mismatches, defects, annotations
+        assert natural[split] == flat[split]
+    images = [name for name in natural if name.startswith("images/")]
+    assert len(images) == 15 and all(natural[name] != flat[name] for name in images)
+    assert json.loads(natural["synth.json"])["config"]["style"] == "natural"
+    with pytest.raises(ZRewardInputError, match=r"--style.*natural, flat"):
+        SynthConfig(style="photo")
+
+
+def _within_block_std(image: Image.Image, blocks: int) -> float:
+    """Mean standard deviation of the grey levels inside the cells of a ``blocks x blocks`` grid (pixel
+    centres assigned to cells as nearest-neighbour upsampling does): 0 when every cell is one colour."""
+    grey = np.asarray(image.convert("L"), np.float64)
+    cell = ((np.arange(grey.shape[0]) + 0.5) * blocks / grey.shape[0]).astype(int)
+    return float(
+        np.mean([grey[np.ix_(cell == i, cell == j)].std() for i in range(blocks) for j in range(blocks)])
+    )
+
+
+def test_natural_scenes_are_textured_and_blur_and_pixelation_remove_the_detail():
+    clean = [_scene(seed, {}) for seed in range(12)]
+    flat = [_scene(seed, {}, style="flat") for seed in range(12)]
+    # textured everywhere: the flat style's detail is in its few edges only (its sky and table are
+    # uniform), so away from the objects (the top rows) it has none
+    top = lambda im: _detail(im.crop((0, 0, 64, 20)))  # noqa: E731
+    assert min(top(im) for im in clean) > 20 and max(top(im) for im in flat) < 1
+    for seed, image in enumerate(clean):
+        # the noise floor is added after blur, so blur 1 keeps the floor's detail (20 σ² ≈ 40) only
+        assert _detail(_scene(seed, {"blur": 0.5})) < 0.3 * _detail(image)
+        assert _detail(_scene(seed, {"blur": 1.0})) < 0.05 * _detail(image)
+        # severity 1: blocks of 6 px at 64 px, 11 x 11 of them; inside them only the floor is left
+        assert _within_block_std(image, 11) > 12
+        assert _within_block_std(_scene(seed, {"pixelate": 1.0}), 11) < 3
+        assert _within_block_std(_scene(seed, {"pixelate": 1.0}, style="flat"), 11) == 0
+
+
+def test_natural_noise_floor_is_present_and_far_below_the_noise_defect():
+    for seed in range(8):
+        # within the pixelated blocks only the floor varies: its standard deviation, measured there
+        floor = _within_block_std(_scene(seed, {"pixelate": 1.0}), 11)
+        assert 0.5 < floor < 3.0  # the sensor-like floor: σ ≈ 0.7-2 grey levels
+        # σ = 11.5 per channel is 11.5 x |(0.299, 0.587, 0.114)| = 7.7 in grey levels
+        assert _within_block_std(_scene(seed, {"pixelate": 1.0, "noise": 0.25}), 11) > 3 * floor
+        # the floor is mostly luminance; the noise defect is per channel (R - G noise of σ 16)
+        assert _chroma_noise(_scene(seed, {"noise": 0.25})) > 10 and _chroma_noise(_scene(seed, {})) < 4
+
+
+@pytest.mark.parametrize("colour", sorted(COLOURS))
+def test_natural_objects_keep_their_named_colour(colour):
+    """Alignment stays meaningful: the object's mean chromaticity is nearest to its own colour's."""
+    chroma = lambda rgb: np.asarray(rgb, np.float64) / np.sum(rgb)  # noqa: E731
+    for seed in range(4):
+        image = render_image((Shape("square", colour, 0.5, 0.3),), {}, 64, np.random.default_rng(seed))
+        # the square spans x 22-42, y 32-51 (centre 0.5, size 0.3, standing at 0.8 of the height)
+        inside = np.asarray(image, np.float64)[36:48, 26:38].reshape(-1, 3).mean(axis=0)
+        nearest = min(COLOURS, key=lambda c: np.abs(chroma(COLOURS[c]) - chroma(inside)).sum())
+        assert nearest == colour, (seed, inside)
 
 
 def test_refuses_a_non_empty_folder_and_bad_settings(tmp_path):

@@ -1,4 +1,5 @@
-"""``zreward bench parity|latency|native|resolution|serve|gpu``: exported runtimes against torch (accuracy parity, latency).
+"""``zreward bench parity|latency|native|resolution|serve|gpu|transfer``: exported runtimes against torch
+(accuracy parity, latency), and a model's transfer from synthetic scenes to degraded photographs.
 
 The options are the fields of the benchmarks' config dataclasses (``ParityBenchConfig``,
 ``LatencyBenchConfig``), turned into flags by :mod:`zreward_deploy.cliargs` as for every command, so the
@@ -70,6 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(gpu, GpuBenchConfig, space_separated=True)
     gpu.set_defaults(func=run_gpu)
 
+    from zreward_deploy.bench.bench_transfer import TransferBenchConfig
+
+    transfer = sub.add_parser(
+        "transfer",
+        help="photographs clean vs blurred, noisy, pixelated at graded severities: does the model rank the "
+        "clean one higher (pairwise accuracy, 95 %% CI)",
+    )
+    add_dataclass_arguments(transfer, TransferBenchConfig)
+    transfer.set_defaults(func=run_transfer)
+
 
 def run_parity(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_parity import ParityBenchConfig, report
@@ -114,4 +125,11 @@ def run_gpu(args: argparse.Namespace) -> int:
     from zreward_deploy.bench.bench_gpu import GpuBenchConfig, report
 
     report(dataclass_from_namespace(GpuBenchConfig, args))
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    from zreward_deploy.bench.bench_transfer import TransferBenchConfig, report
+
+    report(dataclass_from_namespace(TransferBenchConfig, args))
     return 0

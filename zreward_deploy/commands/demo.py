@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="tiny budgets: checks the stages, measures nothing (a fraction of the full run)",
     )
+    p.add_argument(
+        "--synth-style",
+        choices=("natural", "flat"),
+        default="natural",
+        help="style of the synthetic scenes (zreward data synth --style): natural (textured, lit; the "
+        "default) or flat (the flat-coloured scenes of earlier reports)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary (every number) as JSON")
     p.set_defaults(func=run)
 
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists():
         shutil.rmtree(out)
     try:
-        summary = run_demo(args.out, seed=args.seed, quick=args.quick)
+        summary = run_demo(args.out, seed=args.seed, quick=args.quick, synth_style=args.synth_style)
     except DemoStageError as exc:
         cause = exc.__cause__
         if cause is not None and not isinstance(cause, (ZRewardInputError, MissingDependencyError)):

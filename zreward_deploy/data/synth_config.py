@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from ..errors import ZRewardInputError
 
+STYLES: tuple[str, ...] = ("natural", "flat")
+"""Scene styles (docs/data.md §3): ``natural`` (textured, lit, photographic statistics; the default) or
+``flat`` (flat-coloured shapes, the original scenes, byte-identical to the releases before ``natural``)."""
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -19,6 +23,14 @@ class SynthConfig:
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives identical bytes"})
     val_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in val.jsonl"})
     test_fraction: float = field(default=0.15, metadata={"help": "fraction of the prompts in test.jsonl"})
+    style: str = field(
+        default="natural",
+        metadata={
+            "help": "scene style: natural (textured surfaces, lighting, soft shadows, a sensor noise floor) "
+            "or flat (flat-coloured shapes, the scenes before natural existed)",
+            "choices": STYLES,
+        },
+    )
 
     def __post_init__(self) -> None:
         # field -> (valid?, the valid range in words); errors name the flag a user types
@@ -33,6 +45,7 @@ class SynthConfig:
                 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
                 "in [0, 1), with val_fraction + test_fraction < 1",
             ),
+            "style": (self.style in STYLES, f"one of {', '.join(STYLES)}"),
         }
         for name, (ok, valid) in checks.items():
             if not ok:  # every field is a flag of `zreward data synth` (zreward_deploy.cliargs)

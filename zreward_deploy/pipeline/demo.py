@@ -3,7 +3,9 @@
 Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress bars on a terminal):
 
 1. synthetic data (:mod:`zreward_deploy.data.synth`): 64 px scenes with graded defects and simulated
-   annotators, split train / val / test;
+   annotators, split train / val / test; natural-style scenes (textured, lit) unless
+   ``synth_style="flat"`` (``zreward demo --synth-style flat``: the flat-coloured scenes of earlier
+   reports, for comparisons such as the transfer to photographs in docs/results.md);
 2. SFT teacher: the teacher chain's warm start. GDSO starts from its weights, as in docs/results.md: the
    paper starts RL from a pretrained model that already scores above chance, and a random
    initialisation gives RL nothing to amplify;
@@ -141,10 +143,14 @@ def _say(line: str) -> None:
 
 
 def run_demo(
-    out_dir: str | os.PathLike = "zreward-demo", seed: int = 0, quick: bool = False
+    out_dir: str | os.PathLike = "zreward-demo",
+    seed: int = 0,
+    quick: bool = False,
+    synth_style: str = "natural",
 ) -> dict[str, Any]:
     """Run the whole pipeline into ``out_dir`` (files of an earlier demo there are replaced; the command
     ``zreward demo`` refuses a non-empty folder unless ``--overwrite``, then deletes it first).
+    ``synth_style`` is the synthetic scenes' style (:data:`zreward_deploy.data.synth_config.STYLES`).
 
     Returns:
         The summary (also written to ``out_dir/summary.json``): every number of the report, the
@@ -154,6 +160,11 @@ def run_demo(
         MissingDependencyError: an extra the demo needs is not installed (checked before any work).
         DemoStageError: a stage failed; the message names it.
     """
+    from ..data.synth_config import STYLES
+    from ..errors import ZRewardInputError
+
+    if synth_style not in STYLES:
+        raise ZRewardInputError("synth_style", f"must be one of {', '.join(STYLES)}, got {synth_style!r}")
     missing = missing_dependencies()
     if missing:
         extras = ",".join(sorted(set(missing.values())))
@@ -169,6 +180,7 @@ def run_demo(
         "out": str(out),
         "seed": seed,
         "quick": quick,
+        "synth_style": synth_style,
         "budget": dataclasses.asdict(b),
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "budget"},
         "plots": has_matplotlib(),
@@ -179,7 +191,7 @@ def run_demo(
     stages = _Stages(summary["stages"])
     data = out / "data"
     with stages.stage("data", data):
-        summary["data"] = synthesize(data, b, seed)
+        summary["data"] = synthesize(data, b, seed, synth_style)
     summary["runs"] = {}
     with stages.stage("sft_teacher", out / "sft_teacher"):
         summary["runs"]["sft_teacher"] = train_sft_teacher(b, data, out / "sft_teacher", seed)
@@ -199,7 +211,9 @@ def run_demo(
     with stages.stage("latency", out / "latency"):
         summary["latency"] = run_latency(student, out, settings, plot=summary["plots"])
     with stages.stage("examples", out / "examples"):
-        summary["examples"] = score_examples(Path(summary["export"]["dir"]), out / "examples", b, seed)
+        summary["examples"] = score_examples(
+            Path(summary["export"]["dir"]), out / "examples", b, seed, synth_style
+        )
     with stages.stage("report", out):
         summary["load_avg_end"] = os.getloadavg()
         summary["total_s"] = time.perf_counter() - started
@@ -215,12 +229,13 @@ def run_demo(
 # --------------------------------------------------------------------------------------------------
 
 
-def synthesize(data: Path, b: Any, seed: int) -> dict[str, Any]:
-    """Write the synthetic dataset (the results table's split fractions); returns its sizes."""
+def synthesize(data: Path, b: Any, seed: int, style: str = "natural") -> dict[str, Any]:
+    """Write the synthetic dataset (the results table's split fractions) in scene ``style``; returns its
+    sizes."""
     from ..data.synth import SynthConfig, generate_dataset
 
     cfg = SynthConfig(
-        prompts=b.prompts, images_per_prompt=4, seed=seed, val_fraction=0.05, test_fraction=0.25
+        prompts=b.prompts, images_per_prompt=4, seed=seed, val_fraction=0.05, test_fraction=0.25, style=style
     )
     counts = generate_dataset(data, cfg, overwrite=True)
     return {"dir": str(data), "config": dataclasses.asdict(cfg), "records": counts}
@@ -389,9 +404,9 @@ def run_latency(student: Path, out: Path, settings: DemoSettings, plot: bool) ->
     return {"rows": rows, "dir": cfg.out, "plot": str(png) if plot and png.exists() else None}
 
 
-def score_examples(onnx_dir: Path, out: Path, b: Any, seed: int) -> dict[str, Any]:
-    """Draw one synthetic scene clean and with each :data:`EXAMPLE_DEFECTS` defect, save the PNGs under
-    ``out`` and score them on ``b.dimension`` with the exported student (ONNX Runtime)."""
+def score_examples(onnx_dir: Path, out: Path, b: Any, seed: int, style: str = "natural") -> dict[str, Any]:
+    """Draw one synthetic scene (in ``style``) clean and with each :data:`EXAMPLE_DEFECTS` defect, save the
+    PNGs under ``out`` and score them on ``b.dimension`` with the exported student (ONNX Runtime)."""
     from ..data.synth import SynthConfig, draw_prompt, ground_truth, render_image
     from ..scoring import load_scorer
 
@@ -401,7 +416,7 @@ def score_examples(onnx_dir: Path, out: Path, b: Any, seed: int) -> dict[str, An
     for name, defects in EXAMPLE_DEFECTS.items():
         # the same generator state for every image: only the defect differs
         image = render_image(
-            spec.objects, defects, SynthConfig().image_size, np.random.default_rng([seed, 18])
+            spec.objects, defects, SynthConfig().image_size, np.random.default_rng([seed, 18]), style=style
         )
         paths.append(out / f"{name}.png")
         image.save(paths[-1])

@@ -90,11 +90,13 @@ def _header(s: dict[str, Any]) -> str:
         if s["quick"]
         else ""
     )
+    flat = s.get("synth_style", "natural") == "flat"
+    style = " --synth-style flat" if flat else ""
     return f"""# zreward demo report
 
 The whole pipeline on the embedded default, on this machine: synthetic data → SFT teacher (warm start)
 → GDSO teacher → RISD student → ONNX export → parity and latency. Produced by
-`zreward demo --out {s["out"]} --seed {s["seed"]}{" --quick" if s["quick"] else ""}`.
+`zreward demo --out {s["out"]} --seed {s["seed"]}{style}{" --quick" if s["quick"] else ""}`.
 
 **Read these numbers for what they are.** The models are `{b["preset"]}`, a ~200k-parameter preset
 trained from scratch for a few minutes on a CPU, the data are synthetic 64 px scenes with simulated
@@ -151,9 +153,13 @@ def _stages(s: dict[str, Any]) -> str:
 
 def _data(s: dict[str, Any]) -> str:
     d, n = s["data"]["config"], s["data"]["records"]
+    scenes = {
+        "natural": "natural-style scenes (textured, lit surfaces, soft shadows, a sensor noise floor)",
+        "flat": "flat-style scenes (flat-coloured shapes)",
+    }[d.get("style", "flat")]
     return (
         "## Data\n\n"
-        f"`zreward data synth`: {d['prompts']} prompts × {d['images_per_prompt']} images of "
+        f"`zreward data synth`: {d['prompts']} prompts × {d['images_per_prompt']} {scenes} of "
         f"{d['image_size']} px, {d['annotators']} simulated annotators, seed {d['seed']}: "
         f"**{n['train']} train / {n['val']} val / {n['test']} test** records (a prompt's images stay in one "
         f"split). Trained and evaluated on the **{s['budget']['dimension']}** dimension, which these tiny "
