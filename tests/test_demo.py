@@ -49,6 +49,9 @@ def test_stages_run_in_order(demo):
     assert [s["stage"] for s in summary["stages"]] == [key for key, _ in STAGES]
     assert all(s["wall_s"] > 0 for s in summary["stages"])
     assert summary["data"]["records"]["test"] > 0
+    # the natural-style scenes by default (docs/data.md §3), said in the report
+    assert summary["synth_style"] == summary["data"]["config"]["style"] == "natural"
+    assert "natural-style scenes" in (out / "report.md").read_text()
     for run in ("sft_teacher", "gdso_teacher", "risd_student"):
         assert (out / run / "metrics.jsonl").stat().st_size > 0
         assert (out / run / "model" / "config.json").exists()
@@ -160,6 +163,25 @@ def test_failed_stage_is_named(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "zreward demo: error: stage 1/10 (synthetic data) failed" in err
     assert str(tmp_path / "data") in err
+
+
+def test_synth_style_reaches_the_data_stage(tmp_path, capsys, monkeypatch):
+    import zreward_deploy.pipeline.demo as demo_module
+
+    styles = []
+
+    def stop_after_recording(data, b, seed, style="natural"):
+        styles.append(style)
+        raise RuntimeError("stopped after the data stage")
+
+    monkeypatch.setattr(demo_module, "synthesize", stop_after_recording)
+    assert main(["demo", "--quick", "--synth-style", "flat", "--out", str(tmp_path / "a")]) == 1
+    assert main(["demo", "--quick", "--out", str(tmp_path / "b")]) == 1
+    assert styles == ["flat", "natural"]
+    assert "stage 1/10 (synthetic data) failed: RuntimeError" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one usage line, exit status 2
+        main(["demo", "--synth-style", "photo", "--out", str(tmp_path / "c")])
+    assert "invalid choice: 'photo'" in capsys.readouterr().err
 
 
 def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
