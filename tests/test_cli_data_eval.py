@@ -66,7 +66,7 @@ def test_data_check_ok(synth_dir, capsys):
     out = capsys.readouterr().out.strip()
     assert (
         out.startswith(f"ok: {synth_dir}: ")
-        and "48 records with annotations" in out
+        and "48 records with annotations; 0 judgements (0 ties)" in out
         and len(out.splitlines()) == 1
     )
 

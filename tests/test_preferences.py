@@ -95,6 +95,13 @@ def test_valid_preference_file_loads_with_defaults(tmp_path):
     assert problems == [] and judged == {"test": prefs} and len(records["test"]) == 4
 
 
+def test_data_check_counts_the_judgements(tmp_path, capsys):
+    root = _write(tmp_path, SPLITS, {"test": [_pref("x0", "x1"), _pref("x1", "x2", preferred="tie")]})
+    (root / "train.preferences.jsonl").write_text(json.dumps(_pref("t0", "t1", "overall", "b")) + "\n")
+    assert main(["data", "check", str(root)]) == 0
+    assert capsys.readouterr().out.strip().endswith("; 3 judgements (1 ties)")
+
+
 def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
     root = _write(
         tmp_path,
@@ -282,6 +289,19 @@ def test_write_preference_dataset(tmp_path):
         write_preference_dataset(src, tmp_path / "other", ["realsm"])
     write_preference_dataset(src, out, ["alignment"], overwrite=True)
     assert [p.dimension for p in load_preferences(out, "test")] == ["alignment"]
+
+
+def test_scored_pairs_import_writes_ties_on_request(tmp_path, capsys):
+    src = _write(tmp_path / "src", {"test": _scored()})
+    for flags, out, expected in (
+        ([], "plain", "test: 5 records, 3 preferences (0 ties)"),  # realism: b0 = b1 left out
+        (["--ties"], "tied", "test: 5 records, 4 preferences (1 ties)"),  # ... kept as a tie
+    ):
+        args = ["data", "import", "scored-pairs", str(src), "--out", str(tmp_path / out), "--quiet"]
+        assert main([*args, "--dimension", "realism", *flags]) == 0
+        assert f"({expected})" in capsys.readouterr().out
+    last = load_preferences(tmp_path / "tied", "test")[-1]
+    assert (last.a, last.b, last.preferred) == ("b0", "b1", "tie")
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -145,6 +145,9 @@ def _register_import(commands: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--min-gap", type=float, default=0.0, help="scored-pairs: least score difference of a pair"
     )
+    imp.add_argument(
+        "--ties", action="store_true", help="scored-pairs: also write pairs with equal scores, as ties"
+    )
     imp.set_defaults(func=run_import)
 
 
@@ -186,10 +189,12 @@ def run_import(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         dimensions=args.dimension,
         min_gap=args.min_gap,
+        ties=args.ties,
     )
     if report.format == "scored-pairs":
+        written = report.extra["result"]["splits"]
         counts = ", ".join(
-            f"{split}: {report.records.get(split, 0)} records, {n} preferences"
+            f"{split}: {report.records.get(split, 0)} records, {n} preferences ({written[split]['ties']} ties)"
             for split, n in report.preferences.items()
         )
         _emit(
@@ -246,7 +251,7 @@ def _emit(text: str) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """Print every problem and exit 1, or one summary line and exit 0; nothing a dataset file holds
     makes it raise (the validator turns each line's failures into problems on that line)."""
-    from ..data import build_pairs, read_dataset
+    from ..data import build_pairs, read_preferences
     from ..data.records import printable as _printable
     from ..errors import ZRewardInputError
 
@@ -267,7 +272,7 @@ def run_check(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InvalidModelError(args.model, f"cannot read the model config ({exc})") from None
         scale, rubric = config.get_score_scale(), config.get_rubric()
-    data, problems = read_dataset(
+    data, judgements, problems = read_preferences(
         args.dir,
         args.split,
         scale=scale,
@@ -288,9 +293,12 @@ def run_check(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{len(rows)} {split}" for split, rows in data.items())
     n_pairs = sum(len(build_pairs(rows, dims)) for rows in data.values())
     annotated = sum(1 for r in records if r.annotations)
+    judged = [j for split in judgements.values() for j in split]
+    ties = sum(1 for j in judged if j.preferred == "tie")
     _emit(
         f"ok: {name}: {counts} records; {len({r.prompt_id for r in records})} prompts; "
-        f"dimensions {dims or 'none'}; {n_pairs} same-prompt pairs; {annotated} records with annotations"
+        f"dimensions {dims or 'none'}; {n_pairs} same-prompt pairs; {annotated} records with annotations; "
+        f"{len(judged)} judgements ({ties} ties)"
     )
     return 0
 

@@ -246,6 +246,7 @@ def read_preferences(
     *,
     deep: bool = False,
     allow_outside_paths: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, list[Record]], dict[str, list[Preference]], list[Problem]]:
     """:func:`read_dataset` that also returns the valid judgements of each split's preference file
     (``split -> []`` where a split has none): ``(records, preferences, problems)``."""
@@ -258,6 +259,7 @@ def read_preferences(
         require=splits is not None,
         deep=deep,
         allow_outside_paths=allow_outside_paths,
+        progress=progress,
     )
     return records, preferences, problems
 

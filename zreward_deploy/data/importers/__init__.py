@@ -145,6 +145,7 @@ def import_dataset(
     checkpoint_rows: int = 2000,
     dimensions: Sequence[str] | None = None,
     min_gap: float = 0.0,
+    ties: bool = False,
 ) -> ImportReport:
     """Import a local copy of a public set into the package's dataset format at ``out``.
 
@@ -169,7 +170,8 @@ def import_dataset(
             discard an interrupted import.
         progress: True for a progress line on stderr, False for none, or ``fn(rows_done, total)``.
         checkpoint_rows: rows between checkpoints.
-        dimensions, min_gap: for ``scored-pairs`` only.
+        dimensions, min_gap, ties: for ``scored-pairs`` only (``ties``: also write the same-prompt pairs
+            whose scores are equal, as ties).
 
     Returns:
         The :class:`ImportReport` (also written to ``out/import_report.json``).
@@ -179,7 +181,7 @@ def import_dataset(
             not be written, or a ``resume`` whose settings differ from the interrupted import's.
     """
     if format == SCORED_PAIRS:
-        return _scored_pairs(src, out, dimensions, min_gap, overwrite, progress, scale, rubric, model)
+        return _scored_pairs(src, out, dimensions, min_gap, ties, overwrite, progress, scale, rubric, model)
     importer_cls = get_importer(format)
     if checkpoint_rows < 1:
         raise ZRewardInputError("checkpoint_rows", f"must be at least 1, got {checkpoint_rows}")
@@ -448,6 +450,7 @@ def _scored_pairs(
     out: str | os.PathLike,
     dimensions: Sequence[str] | None,
     min_gap: float,
+    ties: bool,
     overwrite: bool,
     progress: bool | Callable[[int, int | None], None],
     scale: Any,
@@ -455,16 +458,9 @@ def _scored_pairs(
     model: str | os.PathLike | None,
 ) -> ImportReport:
     """``scored-pairs``: same-prompt preference pairs from a scored dataset of this package, written by
-    :func:`zreward_deploy.data.preferences.write_preference_dataset` (helper P's module)."""
-    try:
-        from ..preferences import write_preference_dataset
-    except ImportError:
-        raise ZRewardInputError(
-            SCORED_PAIRS,
-            "needs zreward_deploy.data.preferences.write_preference_dataset, which this installation "
-            "does not have",
-        ) from None
+    :func:`zreward_deploy.data.preferences.write_preference_dataset`."""
     from ...config import Dimension, Rubric, ScoreScale
+    from ..preferences import write_preference_dataset
 
     if model is not None:
         if scale is not None or rubric is not None:
@@ -486,6 +482,7 @@ def _scored_pairs(
             out,
             dimensions,
             min_gap=min_gap,
+            ties=ties,
             overwrite=overwrite,
             scale=scale,
             rubric=rubric,
