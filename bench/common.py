@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..devices import cpu_name
+
 
 def environment() -> dict[str, Any]:
     """Hardware and versions, recorded beside every measurement."""
@@ -29,7 +31,7 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "git_sha": _git_sha(),
     }
@@ -51,16 +53,6 @@ def environment() -> dict[str, Any]:
     else:
         env["gpu"] = None
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git_sha() -> str | None:

@@ -7,11 +7,27 @@ one line that says what is wrong and what exists.
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 import torch
 
 from .errors import ZRewardInputError
 
 KNOWN_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def cpu_name() -> str:
+    """The CPU's model name and logical core count (from /proc/cpuinfo; elsewhere the platform's
+    processor name), for the environment recorded beside every measurement."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def available_devices() -> list[str]:

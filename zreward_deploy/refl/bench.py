@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..devices import cpu_name
 from ..errors import ZRewardInputError
 
 
@@ -180,7 +181,7 @@ def run_benchmark(cfg: ReflBenchConfig) -> list[dict[str, Any]]:
             rows.append(_child(spec))
     env = {
         "python": platform.python_version(),
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "load_avg": list(os.getloadavg()),
         **_versions(),
     }
@@ -214,16 +215,6 @@ def _versions() -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

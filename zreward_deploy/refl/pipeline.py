@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..devices import cpu_name
 from ..errors import ZRewardInputError
 from ..fileio import atomic_write_text
 from .finetune import FinetuneConfig, RewardFinetuner
@@ -312,18 +313,8 @@ def _machine() -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_report(summary: dict[str, Any]) -> str:
