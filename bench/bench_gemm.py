@@ -23,19 +23,15 @@ Run:  python -m zreward_deploy.bench.bench_gemm --out runs/bench_gemm [--threads
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from zreward_deploy.bench.common import (
     environment,
-    markdown_table,
+    publish,
     summarize,
     time_blocks,
     torch_threads,
-    write_rows,
 )
 
 BENCH_SMALL_SHAPES = (
@@ -160,12 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     # list flags: 1,8,32 (or 1 8 32, as before)
     config = config_from_argv(GemmBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
-    jsonl, csv_path = write_rows(rows, config.out, "bench_gemm")
-    table = markdown_table(rows, COLUMNS)
-    (Path(config.out) / "bench_gemm.md").write_text(table + "\n")
-    print(table)
-    print("environment:", json.dumps(rows[0]["env"]), file=sys.stderr)
-    print(f"wrote {jsonl} and {csv_path}", file=sys.stderr)
+    publish(rows, config.out, "bench_gemm", COLUMNS, env=True)
     return rows
 
 

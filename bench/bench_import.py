@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zreward_deploy.bench.common import load_average, markdown_table, write_rows
+from zreward_deploy.bench.common import load_average, publish
 
 _MEASURE = """
 import json, os, resource, sys, time
@@ -205,11 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     config = config_from_argv(ImportBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
-    jsonl, csv_path = write_rows(rows, config.out, "bench_import")
-    table = markdown_table(rows, COLUMNS)
-    (Path(config.out) / "bench_import.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {jsonl} and {csv_path}", file=sys.stderr)
+    publish(rows, config.out, "bench_import", COLUMNS)
     return rows
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zreward_deploy.bench.common import environment, markdown_table, write_rows
+from zreward_deploy.bench.common import environment, publish
 
 _MEASURE = """
 import json, resource, sys
@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     # list flags: 1,8,32 (or 1 8 32, as before)
     config = config_from_argv(MemoryBenchConfig, argv, __doc__, space_separated=True)
     rows = run(config)
-    jsonl, csv_path = write_rows(rows, config.out, "bench_memory")
-    table = markdown_table(rows, COLUMNS)
-    (Path(config.out) / "bench_memory.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {jsonl} and {csv_path}", file=sys.stderr)
+    publish(rows, config.out, "bench_memory", COLUMNS)
     return rows
 
 

@@ -24,8 +24,6 @@ Run:  zreward bench native --out runs/bench_native   (or python -m zreward_deplo
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,14 +198,10 @@ COLUMNS = ("provider", "batch", "dimensions", "lm_tokens_per_item", "median_ms",
 
 def report(config: NativeBenchConfig) -> list[dict[str, Any]]:
     """:func:`run`, then write ``bench_native.{jsonl,csv,md}`` under ``config.out`` and print the table."""
-    from zreward_deploy.bench.common import markdown_table, write_rows
+    from zreward_deploy.bench.common import publish
 
     rows = run(config)
-    jsonl, csv_path = write_rows(rows, config.out, "bench_native")
-    table = markdown_table(rows, COLUMNS)
-    Path(config.out, "bench_native.md").write_text(table + "\n")
-    print(table)
-    print(f"\nenvironment: {json.dumps(rows[0]['env'])}\nwrote {jsonl} and {csv_path}", file=sys.stderr)
+    publish(rows, config.out, "bench_native", COLUMNS, env=True)
     return rows
 
 

@@ -22,8 +22,6 @@ Run:  zreward bench parity --out runs/bench_parity   (or python -m zreward_deplo
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,14 +238,10 @@ COLUMNS = (
 
 def report(config: ParityBenchConfig) -> list[dict[str, Any]]:
     """:func:`run`, then write ``bench_parity.{jsonl,csv,md}`` under ``config.out`` and print the table."""
-    from zreward_deploy.bench.common import markdown_table, write_rows
+    from zreward_deploy.bench.common import publish
 
     rows = run(config)
-    jsonl, csv_path = write_rows(rows, config.out, "bench_parity")
-    table = markdown_table(rows, COLUMNS)
-    Path(config.out, "bench_parity.md").write_text(table + "\n")
-    print(table)
-    print(f"\nenvironment: {json.dumps(rows[0]['env'])}\nwrote {jsonl} and {csv_path}", file=sys.stderr)
+    publish(rows, config.out, "bench_parity", COLUMNS, env=True)
     return rows
 
 

@@ -373,6 +373,27 @@ def write_rows(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str) -
     return jsonl, csv_path
 
 
+def publish(
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    name: str,
+    columns: Sequence[str],
+    *,
+    env: bool = False,
+) -> str:
+    """Write ``rows`` as ``<name>.jsonl``, ``<name>.csv`` and ``<name>.md`` (the Markdown table of
+    ``columns``) under ``out_dir``, print the table on stdout and the file names (with ``env``, first the
+    first row's environment) on stderr; returns the table."""
+    jsonl, csv_path = write_rows(rows, out_dir, name)
+    table = markdown_table(rows, columns)
+    (Path(out_dir) / f"{name}.md").write_text(table + "\n")
+    print(table)
+    if env and rows:
+        print(f"\nenvironment: {json.dumps(rows[0]['env'])}", file=sys.stderr)
+    print(f"wrote {jsonl} and {csv_path}", file=sys.stderr)
+    return table
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], floatfmt: str = ".3g") -> str:
     """A GitHub Markdown table of ``columns`` from ``rows``."""
 
