@@ -341,20 +341,7 @@ def _parse_record(
     obj = _parse_object(text, problem)
     if obj is None:
         return None
-    for name in obj:
-        if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
-            problem(_join(None, name), f"unknown field; allowed: {[*REQUIRED_FIELDS, *OPTIONAL_FIELDS]}")
-    strings = {}
-    for name in ("id", *REQUIRED_FIELDS):
-        if name not in obj:
-            if name != "id":
-                problem(name, "missing required field")
-            continue
-        value = obj[name]
-        if not isinstance(value, str) or not value.strip():
-            problem(name, f"must be a non-empty string, got {_show(value)}")
-        elif _surrogate_at(value) is None:  # a lone surrogate was reported above
-            strings[name] = value
+    strings = _string_fields(obj, REQUIRED_FIELDS, OPTIONAL_FIELDS, problem)
     image_path = None
     if "image" in strings:
         image = strings["image"]
@@ -406,6 +393,33 @@ def _parse_object(text: str, problem: Callable[[str | None, str], None]) -> dict
     return obj
 
 
+def _string_fields(
+    obj: dict[str, Any],
+    required: Sequence[str],
+    optional: Sequence[str],
+    problem: Callable[[str | None, str], None],
+) -> dict[str, str]:
+    """Report the fields of a line's object that are not in ``required`` or ``optional``, and the
+    required ones (and an ``id``, if given) that are missing or not non-empty strings; returns the valid
+    string fields among them."""
+    allowed = [*required, *optional]
+    for name in obj:
+        if name not in allowed:
+            problem(_join(None, name), f"unknown field; allowed: {allowed}")
+    strings = {}
+    for name in ("id", *required):
+        if name not in obj:
+            if name != "id":
+                problem(name, "missing required field")
+            continue
+        value = obj[name]
+        if not isinstance(value, str) or not value.strip():
+            problem(name, f"must be a non-empty string, got {_show(value)}")
+        elif _surrogate_at(value) is None:  # a lone surrogate was reported above
+            strings[name] = value
+    return strings
+
+
 def parse_preference(
     text: str, *, file: str, line: int, split: str, rubric_names: Sequence[str]
 ) -> tuple[Preference | None, list[Problem]]:
@@ -438,21 +452,7 @@ def _parse_preference(
     obj = _parse_object(text, problem)
     if obj is None:
         return None
-    allowed = [*PREFERENCE_REQUIRED_FIELDS, *PREFERENCE_OPTIONAL_FIELDS]
-    for name in obj:
-        if name not in allowed:
-            problem(_join(None, name), f"unknown field; allowed: {allowed}")
-    strings = {}
-    for name in ("id", *PREFERENCE_REQUIRED_FIELDS):
-        if name not in obj:
-            if name != "id":
-                problem(name, "missing required field")
-            continue
-        value = obj[name]
-        if not isinstance(value, str) or not value.strip():
-            problem(name, f"must be a non-empty string, got {_show(value)}")
-        elif _surrogate_at(value) is None:  # a lone surrogate was reported above
-            strings[name] = value
+    strings = _string_fields(obj, PREFERENCE_REQUIRED_FIELDS, PREFERENCE_OPTIONAL_FIELDS, problem)
     if "a" in strings and strings.get("b") == strings["a"]:
         problem("b", f"is the same record as a ({_show(strings['a'])}); a judgement compares two records")
         del strings["b"]
