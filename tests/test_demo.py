@@ -184,6 +184,44 @@ def test_synth_style_reaches_the_data_stage(tmp_path, capsys, monkeypatch):
     assert "invalid choice: 'photo'" in capsys.readouterr().err
 
 
+def test_the_demo_trains_on_more_data_and_longer_than_the_results_table(tmp_path, capsys, monkeypatch):
+    """The full demo draws 1000 prompts, trains its SFT teacher for 500 steps and distils for 1000: with
+    the results table's 300 prompts and 250 steps the student lost its teacher's sense of blur on
+    photographs, and 250 SFT steps on 1000 prompts left a seed's teacher weak (docs/results.md, "Transfer
+    to photographs"). The stages before RISD are stubbed; RISD's config is caught at the trainer."""
+    import zreward_deploy.pipeline.demo as demo_module
+    import zreward_deploy.training.risd as risd_module
+    from zreward_deploy.training.recipes import Budget
+
+    budgets, configs = [], []
+
+    def stub(key):
+        def run(b, data, out, *args):
+            budgets.append(b)
+            return {"model_dir": str(tmp_path / key)}
+
+        return run
+
+    def stop_at_the_trainer(cfg):
+        configs.append(cfg)
+        raise RuntimeError("stopped at the RISD trainer")
+
+    def synthesize(data, b, seed, style):
+        budgets.append(b)
+        return {"records": {}}
+
+    monkeypatch.setattr(demo_module, "synthesize", synthesize)
+    monkeypatch.setattr(demo_module, "train_sft_teacher", stub("sft"))
+    monkeypatch.setattr(demo_module, "train_gdso_teacher", stub("gdso"))
+    monkeypatch.setattr(risd_module, "train_risd", stop_at_the_trainer)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 1
+    assert "stage 4/10 (RISD student" in capsys.readouterr().err
+    assert [(b.prompts, b.sft_steps) for b in budgets] == [(1000, 500)] * 3
+    assert [(c.max_steps, c.teacher) for c in configs] == [(1000, str(tmp_path / "gdso"))]
+    table = Budget()  # bench/run_results.py's table is unchanged
+    assert (table.prompts, table.sft_steps, table.risd_steps) == (300, 250, 250)
+
+
 def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch):
     import zreward_deploy.pipeline.demo as demo_module
 

@@ -140,7 +140,8 @@ def _stages(s: dict[str, Any]) -> str:
     b = s["budget"]
     lines += [
         "",
-        f"Budgets ({'tiny, --quick' if s['quick'] else 'docs/results.md, one seed'}): SFT teacher and RISD student {b['sft_steps']} steps × "
+        f"Budgets ({'tiny, --quick' if s['quick'] else 'Budget.demo: docs/results.md, one seed, with more prompts and steps'}): "
+        f"SFT teacher {b['sft_steps']} and RISD student {b.get('risd_steps', b['sft_steps'])} steps × "
         f"{b['student_batch']} items; GDSO {b['rl_steps']} steps × {b['rl_pairs']} pairs, G = {b['group_size']} "
         f"traces per side, ≤ {b['reasoning_tokens']} reasoning tokens. The SFT teacher starts from `{b['preset']}` "
         f"with seed {s['seed']} + 1000; GDSO starts from the SFT teacher's weights, because the paper starts "
