@@ -22,10 +22,10 @@ Stages (each prints a ``[i/n]`` line on stderr; the trainers add their progress 
 The training budgets are those of ``bench/run_results.py`` for one seed (the docs/results.md table), on
 1000 prompts instead of 300, with the SFT teacher trained for 500 steps and the RISD student for 1000
 instead of 250 each (``Budget.demo``): with the table's budgets the student loses most of its teacher's
-sense of blur on photographs (docs/results.md, "Transfer to photographs"). The measured durations of the demo and of ``quick=True`` (every stage with tiny budgets; the numbers are
-then meaningless) are in the README, with the machine. Everything is on the ``realism`` dimension,
-which these tiny models learn in minutes (docs/results.md explains why). A failing stage raises
-:class:`DemoStageError` naming it.
+sense of blur on photographs (docs/results.md, "Transfer to photographs"). The measured durations of
+the demo and of ``quick=True`` (every stage with tiny budgets; the numbers are then meaningless) are in
+the README, with the machine. Everything is on the ``realism`` dimension, which these tiny models learn
+in minutes (docs/results.md explains why). A failing stage raises :class:`DemoStageError` naming it.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def get_importer(format: str) -> type[Importer]:
 
 @dataclass(kw_only=True)
 class ImportReport(Counters):
-    """What an import did (the writer's :class:`Counters` and more); also written to ``DIR/import_report.json`` (with every problem listed).
+    """What an import did (the writer's :class:`Counters` and more); also written to
+    ``DIR/import_report.json`` (with every problem listed).
 
     Attributes:
         format, source, out: what was imported from where to where.
