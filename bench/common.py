@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..devices import cpu_name
-
 
 def environment() -> dict[str, Any]:
     """Hardware and versions, recorded beside every measurement."""
     import torch
+
+    from ..devices import cpu_name  # imports torch: not at the top (``--help`` stays torch-free)
 
     env: dict[str, Any] = {
         "python": platform.python_version(),
