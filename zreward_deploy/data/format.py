@@ -224,17 +224,17 @@ def read_dataset(
     """The valid records of each split present and every problem found (see :func:`validate_dataset`),
     in one read: for tools that report problems and still use what is valid. The problems include those
     of the splits' preference files (:func:`read_preferences` also returns the judgements)."""
-    return _load(
+    records, _, problems = read_preferences(
         root,
         splits,
         scale,
         rubric,
         check_images,
-        require=splits is not None,
         deep=deep,
         allow_outside_paths=allow_outside_paths,
         progress=progress,
-    )[:2]
+    )
+    return records, problems
 
 
 def read_preferences(

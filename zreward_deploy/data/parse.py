@@ -298,9 +298,8 @@ def parse_record(
     ``deep`` decodes the image's pixels; ``allow_outside_paths`` lifts the path rule (see
     :func:`validate_dataset`).
     """
-    problems: list[Problem] = []
-    try:
-        record = _parse_record(
+    return _total(
+        lambda problems: _parse_record(
             text,
             problems,
             root=root,
@@ -312,13 +311,23 @@ def parse_record(
             check_images=check_images,
             deep=deep,
             allow_outside_paths=allow_outside_paths,
-        )
-    except Exception as exc:  # defence in depth: one line's failure must not lose the rest of the report
+        ),
+        file,
+        line,
+    )
+
+
+def _total(parse: Callable[[list[Problem]], Any], file: str, line: int) -> tuple[Any, list[Problem]]:
+    """``parse(problems)`` and the problems it appended; an unexpected exception becomes a problem on the
+    line (defence in depth: one line's failure must not lose the rest of the report)."""
+    problems: list[Problem] = []
+    try:
+        return parse(problems), problems
+    except Exception as exc:
         problems.append(
             Problem(file, line, None, f"internal error while checking this line: {_describe(exc)}")
         )
         return None, problems
-    return record, problems
 
 
 def _parse_record(
@@ -432,15 +441,9 @@ def parse_preference(
     What needs the split's records (the ids exist, same prompt) and uniqueness of ids are checked by the
     caller (:func:`~.format.read_dataset`). Total, like :func:`parse_record`.
     """
-    problems: list[Problem] = []
-    try:
-        pref = _parse_preference(text, problems, file, line, split, rubric_names)
-    except Exception as exc:  # defence in depth: one line's failure must not lose the rest of the report
-        problems.append(
-            Problem(file, line, None, f"internal error while checking this line: {_describe(exc)}")
-        )
-        return None, problems
-    return pref, problems
+    return _total(
+        lambda problems: _parse_preference(text, problems, file, line, split, rubric_names), file, line
+    )
 
 
 def _parse_preference(
